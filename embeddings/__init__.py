@@ -1,0 +1,1 @@
+"""freshkb embeddings."""

@@ -1,0 +1,26 @@
+"""The three kinds of failure freshkb distinguishes, and whether a retry helps.
+
+- TransientError: the network, Weaviate being unavailable, a 429. Retrying may succeed;
+  Prefect tasks retry these.
+- DataError: a corrupt file, a failed expectation. Retrying cannot help; the item is reported
+  and the run goes on without it.
+- ConfigError: a wrong setting or a missing dependency. Raised at start, before any work.
+"""
+
+from __future__ import annotations
+
+
+class FreshkbError(Exception):
+    """Base class of every error freshkb raises on purpose."""
+
+
+class TransientError(FreshkbError):
+    """A failure that a retry may fix (network, server unavailable, rate limit)."""
+
+
+class DataError(FreshkbError):
+    """Bad input: the item is skipped and reported, retrying will not help."""
+
+
+class ConfigError(FreshkbError):
+    """A setting, file or dependency is wrong or missing; fix the configuration and rerun."""

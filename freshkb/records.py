@@ -1,0 +1,112 @@
+"""Typed records that move between the pipeline's steps.
+
+Each step takes and returns batches of these frozen records and keeps no state of its own, so a
+distributed Prefect task runner can ship them between machines (they are plain, picklable data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class SourceKind(StrEnum):
+    """What a source holds: policy documents, or records that each belong to one customer."""
+
+    DOCUMENTS = "documents"
+    CUSTOMERS = "customers"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One partitioned element of a document: its text, page and the title it sits under."""
+
+    text: str
+    category: str = "NarrativeText"
+    page: int | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    """A document or customer record as pulled from its source, before chunking."""
+
+    source: str
+    kind: SourceKind
+    document_id: str
+    key: str  # path relative to the source folder, or "file:primary-key" for a record
+    title: str
+    content_hash: str
+    modified_at: datetime
+    sections: tuple[Section, ...]
+    customer_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """All section texts joined, as the document reads."""
+        return "\n\n".join(section.text for section in self.sections)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A file or record that could not be loaded, with the reason and the fix when known."""
+
+    source: str
+    item: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a loader returns: the documents it could read and the items it could not."""
+
+    documents: tuple[LoadedDocument, ...]
+    failures: tuple[LoadFailure, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document sized for the embedding model, with where it came from."""
+
+    uuid: str
+    document_id: str
+    position: int
+    chunk_count: int
+    text: str
+    chunk_hash: str
+    source: str
+    kind: SourceKind
+    key: str
+    title: str
+    section_title: str | None
+    page: int | None
+    content_hash: str  # of the whole document: equal hashes mean the document is unchanged
+    modified_at: datetime
+    customer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """A chunk together with its vector."""
+
+    chunk: Chunk
+    vector: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """What the store holds of one document: enough to tell if a reload changed it."""
+
+    document_id: str
+    content_hash: str
+    chunk_count: int
+    objects: int
+    customer_id: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when every chunk of the document is present, once (a killed run leaves gaps)."""
+        return self.objects == self.chunk_count
