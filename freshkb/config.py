@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic import field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,9 +53,7 @@ def config_file_path() -> Path:
 class Settings(BaseSettings):
     """Runtime settings of freshkb (see README, 'Configuration')."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FRESHKB_", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="FRESHKB_", extra="ignore")
 
     data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share"))
     cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache"))
@@ -87,9 +93,11 @@ class Settings(BaseSettings):
         path = config_file_path()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path.is_file() and "settings" in (_read_yaml(path) or {}):
-            sources.append(YamlConfigSettingsSource(
-                settings_cls, yaml_file=path, yaml_config_section="settings"
-            ))
+            sources.append(
+                YamlConfigSettingsSource(
+                    settings_cls, yaml_file=path, yaml_config_section="settings"
+                )
+            )
         return tuple(sources)
 
     @property

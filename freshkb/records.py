@@ -101,12 +101,7 @@ class StoredDocument:
     """What the store holds of one document: enough to tell if a reload changed it."""
 
     document_id: str
-    content_hash: str
+    content_hash: str  # "" when chunks of two versions are mixed (an interrupted write)
     chunk_count: int
-    objects: int
+    complete: bool  # every position 0..chunk_count-1 present (a killed run leaves gaps)
     customer_id: str | None = None
-
-    @property
-    def complete(self) -> bool:
-        """True when every chunk of the document is present, once (a killed run leaves gaps)."""
-        return self.objects == self.chunk_count

@@ -58,7 +58,12 @@ def build_binary(settings: Settings, log: Path | None = None) -> tuple[Path, flo
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     log = log or target.parent / "build.log"
-    env = {**os.environ, "GOBIN": str(target.parent), "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"}
+    env = {
+        **os.environ,
+        "GOBIN": str(target.parent),
+        "CGO_ENABLED": "0",
+        "GOFLAGS": "-buildvcs=false",
+    }
     started = time.monotonic()
     with log.open("w") as out:
         result = subprocess.run(
@@ -183,8 +188,15 @@ def up(settings: Settings) -> ServerStatus:
     settings.weaviate_data_dir.mkdir(parents=True, exist_ok=True)
     log = _log_file(settings).open("ab")
     process = subprocess.Popen(
-        [str(binary), "--host", "127.0.0.1", "--port", str(settings.weaviate_http_port),
-         "--scheme", "http"],
+        [
+            str(binary),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.weaviate_http_port),
+            "--scheme",
+            "http",
+        ],
         env=server_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -234,15 +246,23 @@ def status(settings: Settings) -> ServerStatus:
         key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
         url = settings.weaviate_url.rstrip("/")
         return ServerStatus(
-            managed=False, running=is_ready(url, key), url=url, pid=None,
-            version=_version(url, key), data_dir=None, binary=None,
+            managed=False,
+            running=is_ready(url, key),
+            url=url,
+            pid=None,
+            version=_version(url, key),
+            data_dir=None,
+            binary=None,
         )
     url = local_url(settings)
     pid = _read_pid(settings)
     running = pid is not None and is_ready(url)
     binary = binary_path(settings)
     return ServerStatus(
-        managed=True, running=running, url=url, pid=pid,
+        managed=True,
+        running=running,
+        url=url,
+        pid=pid,
         version=_version(url) if running else None,
         data_dir=str(settings.weaviate_data_dir),
         binary=str(binary) if binary.is_file() else None,

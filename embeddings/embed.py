@@ -1,0 +1,56 @@
+"""The embed step: vectors for a batch of chunks, from the cache where possible."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from embeddings.cache import VectorCache
+from embeddings.chunking import embedding_text
+from embeddings.embedder import Embedder
+from freshkb.records import Chunk, EmbeddedChunk
+
+# Texts handed to the model per call: large enough to fill GPU batches, small enough for the
+# progress bar to move and for a crash to lose little work (each slice is cached at once).
+SLICE = 256
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    """How many vectors were computed and how many came from the cache."""
+
+    computed: int
+    cached: int
+
+
+def embed_chunks(
+    chunks: Sequence[Chunk],
+    embedder: Embedder,
+    cache: VectorCache | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[EmbeddedChunk], EmbedStats]:
+    """Attach a vector to every chunk; only chunks never embedded with this model hit the model."""
+    cached = cache.get_many((c.chunk_hash for c in chunks), embedder.model_id) if cache else {}
+    todo: dict[str, str] = {}
+    for chunk in chunks:
+        if chunk.chunk_hash not in cached:
+            todo.setdefault(
+                chunk.chunk_hash, embedding_text(chunk.title, chunk.section_title, chunk.text)
+            )
+    pending = list(todo.items())
+    fresh: dict[str, list[float]] = {}
+    if progress:
+        progress(0, len(pending))
+    for start in range(0, len(pending), SLICE):
+        part = pending[start : start + SLICE]
+        vectors = embedder.embed([text for _, text in part])
+        computed = list(zip((h for h, _ in part), vectors, strict=True))
+        fresh.update(computed)
+        if cache:
+            cache.put_many(computed, embedder.model_id)
+        if progress:
+            progress(start + len(part), len(pending))
+    vectors_by_hash = {**cached, **fresh}
+    embedded = [EmbeddedChunk(chunk, tuple(vectors_by_hash[chunk.chunk_hash])) for chunk in chunks]
+    from_cache = sum(1 for chunk in chunks if chunk.chunk_hash in cached)
+    return embedded, EmbedStats(computed=len(fresh), cached=from_cache)

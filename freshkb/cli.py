@@ -1,0 +1,329 @@
+"""`freshkb` command line: run the managed Weaviate, ingest sources, search the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from freshkb.config import Settings, SourceConfig, config_file_path, load_sources
+from freshkb.errors import ConfigError, FreshkbError
+from freshkb.records import SourceKind
+
+# Models are read from installed packages or local paths; never reach for a hub implicitly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+app = typer.Typer(
+    help="Keep a customer-service knowledge base fresh and answerable.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+weaviate_app = typer.Typer(
+    help="Run the local Weaviate server freshkb manages.", no_args_is_help=True
+)
+app.add_typer(weaviate_app, name="weaviate")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Config file (default: $FRESHKB_CONFIG or ./freshkb.yaml)."),
+]
+
+
+def _fail(exc: FreshkbError, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    return typer.Exit(code)
+
+
+def _use_config(config: Path | None) -> None:
+    if config is not None:
+        os.environ["FRESHKB_CONFIG"] = str(config)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def ensure_weaviate(settings: Settings) -> None:
+    """Start the managed Weaviate if freshkb is meant to run it and it is not running."""
+    from store import server
+
+    if settings.weaviate_url:
+        return
+    if not server.status(settings).running:
+        err.print(
+            f"starting Weaviate v{settings.weaviate_version} on "
+            f"{server.local_url(settings)} (stop it with `freshkb weaviate down`)"
+        )
+        server.up(settings)
+
+
+# -- weaviate ---------------------------------------------------------------------------------
+
+
+@weaviate_app.command("up")
+def weaviate_up(json_out: JsonFlag = False) -> None:
+    """Build (first time only) and start Weaviate on 127.0.0.1; wait until it is ready."""
+    from store import server
+
+    settings = Settings()
+    try:
+        if not server.binary_path(settings).is_file():
+            err.print(
+                f"building Weaviate v{settings.weaviate_version} with `go install` "
+                "(first time only, several minutes)..."
+            )
+            _, seconds = server.build_binary(settings)
+            err.print(f"built in {seconds:.0f}s: {server.binary_path(settings)}")
+        status = server.up(settings)
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    _show_status(status, json_out)
+
+
+@weaviate_app.command("down")
+def weaviate_down(json_out: JsonFlag = False) -> None:
+    """Stop the managed Weaviate (its data stays in the data directory)."""
+    from store import server
+
+    stopped = server.down(Settings())
+    if json_out:
+        _print_json({"stopped": stopped})
+    else:
+        out.print("stopped" if stopped else "not running")
+
+
+@weaviate_app.command("status")
+def weaviate_status(json_out: JsonFlag = False) -> None:
+    """Show whether Weaviate is running, where, and which version."""
+    from store import server
+
+    status = server.status(Settings())
+    _show_status(status, json_out)
+    if not status.running:
+        raise typer.Exit(1)
+
+
+def _show_status(status: Any, json_out: bool) -> None:
+    if json_out:
+        _print_json(asdict(status))
+        return
+    state = "[green]running[/]" if status.running else "[red]not running[/]"
+    out.print(
+        f"Weaviate {state} at {status.url}" + (f" (v{status.version})" if status.version else "")
+    )
+    if status.managed:
+        out.print(f"  managed by freshkb; pid {status.pid}; data {status.data_dir}")
+        out.print(f"  binary {status.binary or 'not built yet'}")
+    else:
+        out.print("  external server (WEAVIATE_URL)")
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    name: Annotated[
+        str | None, typer.Argument(help="A source declared in the config file.")
+    ] = None,
+    all_sources: Annotated[
+        bool, typer.Option("--all", help="Ingest every declared source.")
+    ] = False,
+    source: Annotated[
+        str | None, typer.Option(help="Ad hoc source name (with --kind, --path).")
+    ] = None,
+    kind: Annotated[SourceKind | None, typer.Option(help="documents or customers.")] = None,
+    path: Annotated[str | None, typer.Option(help="Folder, file or SQLAlchemy URL.")] = None,
+    table: Annotated[str | None, typer.Option(help="SQL table (with a SQLAlchemy URL).")] = None,
+    query: Annotated[str | None, typer.Option(help="SQL query (with a SQLAlchemy URL).")] = None,
+    customer_id: Annotated[
+        str | None, typer.Option("--customer-id", help="Field holding the customer id.")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Primary-key field of customer records.")] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Glob of files to take (repeatable).")
+    ] = None,
+    config: ConfigOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Load, chunk, embed and upsert sources into Weaviate; prints the run report."""
+    _use_config(config)
+    try:
+        sources = _selected_sources(
+            name, all_sources, source, kind, path, table, query, customer_id, key, include
+        )
+        settings = Settings()
+        ensure_weaviate(settings)
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+
+    from flows.ingest import ingest_source
+
+    reports = [ingest_source(source_config=s.model_dump(mode="json")) for s in sources]
+    if json_out:
+        _print_json(reports if all_sources else reports[0])
+    else:
+        for report in reports:
+            _show_report(report)
+    if any(report["status"] != "completed" for report in reports):
+        raise typer.Exit(1)
+
+
+def _selected_sources(
+    name: str | None,
+    all_sources: bool,
+    source: str | None,
+    kind: SourceKind | None,
+    path: str | None,
+    table: str | None,
+    query: str | None,
+    customer_id: str | None,
+    key: str | None,
+    include: list[str] | None,
+) -> list[SourceConfig]:
+    chosen = sum([name is not None, all_sources, source is not None])
+    if chosen != 1:
+        raise ConfigError(
+            "give exactly one of: a source NAME, --all, or --source with --kind and --path"
+        )
+    if all_sources:
+        sources = load_sources()
+        if not sources:
+            raise ConfigError(f"{config_file_path()} declares no sources")
+        return sources
+    if name is not None:
+        from freshkb.config import get_source
+
+        return [get_source(name)]
+    if kind is None or path is None:
+        raise ConfigError("--source needs --kind (documents|customers) and --path")
+    fields: dict[str, Any] = {"name": source, "kind": kind, "location": path, "owner": "ad hoc"}
+    if include:
+        fields["include"] = include
+    for field, value in (
+        ("table", table),
+        ("query", query),
+        ("customer_id", customer_id),
+        ("key", key),
+    ):
+        if value is not None:
+            fields[field] = value
+    try:
+        config = SourceConfig.model_validate(fields)
+    except ValueError as exc:
+        raise ConfigError(f"ad hoc source {source!r}: {exc}") from exc
+    return [config.resolved(Path.cwd())]
+
+
+def _show_report(report: dict[str, Any]) -> None:
+    ok = report["status"] == "completed"
+    table = Table(
+        title=f"ingest {report['source']} ({report['kind']}): "
+        + ("[green]completed[/]" if ok else f"[red]failed[/] {report.get('error') or ''}"),
+        title_justify="left",
+        show_header=False,
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row(
+        "documents",
+        f"{report['documents_seen']} seen: {report['documents_new']} new, "
+        f"{report['documents_changed']} changed, {report['documents_unchanged']} unchanged, "
+        f"{report['documents_deleted']} deleted, {report['documents_failed']} failed",
+    )
+    table.add_row(
+        "chunks embedded",
+        f"{report['chunks_embedded']} ({report['embeddings_computed']} "
+        f"computed, {report['embeddings_cached']} from cache)",
+    )
+    table.add_row(
+        "objects", f"{report['objects_written']} written, {report['objects_deleted']} deleted"
+    )
+    table.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()))
+    table.add_row("flow run", str(report["flow_run_id"]))
+    out.print(table)
+    for failure in report["failures"]:
+        out.print(f"  [yellow]failed[/] {failure['item']}: {failure['reason']}", highlight=False)
+    for failure in report["objects_failed"][:20]:
+        out.print(f"  [red]write failed[/] {failure['uuid']}: {failure['reason']}", highlight=False)
+
+
+# -- search -----------------------------------------------------------------------------------
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to search for.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Number of hits.")] = 5,
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Also search this customer's records.")
+    ] = None,
+    config: ConfigOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Hybrid search of the index (policy chunks, plus one customer's records with --customer)."""
+    _use_config(config)
+    from embeddings.embedder import get_embedder
+    from store.weaviate_store import WeaviateStore, connect
+
+    settings = Settings()
+    try:
+        embedder = get_embedder(
+            settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+        )
+        client = connect(settings)
+        try:
+            hits = WeaviateStore(client).search(
+                text, embedder.embed([text])[0], k=k, customer_id=customer
+            )
+        finally:
+            client.close()
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    if json_out:
+        _print_json([{**asdict(hit), "kind": hit.kind.value} for hit in hits])
+        return
+    if not hits:
+        out.print("no results")
+    for rank, hit in enumerate(hits, 1):
+        where = f"{hit.source} / {hit.document_key}" + (f" p.{hit.page}" if hit.page else "")
+        out.print(
+            f"[bold]{rank}. {hit.title}[/]  [dim]{where}  score {hit.score:.3f}[/]", highlight=False
+        )
+        if hit.section_title and hit.section_title != hit.title:
+            out.print(f"   [italic]{hit.section_title}[/]", highlight=False)
+        out.print(hit.text.strip(), highlight=False, markup=False)
+        out.print()
+
+
+@app.command("sources")
+def sources_cmd(config: ConfigOption = None, json_out: JsonFlag = False) -> None:
+    """List the sources declared in the config file."""
+    _use_config(config)
+    try:
+        sources = load_sources()
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    if json_out:
+        _print_json([s.model_dump(mode="json") for s in sources])
+        return
+    table = Table("name", "kind", "location", "owner")
+    for s in sources:
+        table.add_row(s.name, s.kind.value, s.location, s.owner)
+    out.print(table)
+
+
+if __name__ == "__main__":
+    app()

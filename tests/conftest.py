@@ -1,0 +1,92 @@
+"""Test session set-up: a real Weaviate on its own ports, a temporary Prefect database, and
+freshkb settings pointing at a throw-away data directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["FRESHKB_PROGRESS"] = "0"
+
+# Ports of the test server: away from a developer's own freshkb Weaviate on 8080/50051.
+TEST_HTTP_PORT = int(os.environ.get("FRESHKB_TEST_WEAVIATE_HTTP_PORT", "18080"))
+TEST_GRPC_PORT = int(os.environ.get("FRESHKB_TEST_WEAVIATE_GRPC_PORT", "15051"))
+
+_SESSION_ENV_KEYS = (
+    "FRESHKB_DATA_DIR",
+    "FRESHKB_WEAVIATE_HTTP_PORT",
+    "FRESHKB_WEAVIATE_GRPC_PORT",
+    "FRESHKB_CONFIG",
+    "WEAVIATE_URL",
+    "WEAVIATE_API_KEY",
+)
+
+
+@pytest.fixture(scope="session")
+def freshkb_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Point Settings() (read by flows and the CLI) at a temporary data dir and the test ports."""
+    saved = {key: os.environ.get(key) for key in _SESSION_ENV_KEYS}
+    env = {
+        "FRESHKB_DATA_DIR": str(tmp_path_factory.mktemp("freshkb-data")),
+        "FRESHKB_WEAVIATE_HTTP_PORT": str(TEST_HTTP_PORT),
+        "FRESHKB_WEAVIATE_GRPC_PORT": str(TEST_GRPC_PORT),
+    }
+    for key in ("WEAVIATE_URL", "WEAVIATE_API_KEY", "FRESHKB_CONFIG"):
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def weaviate_settings(freshkb_env: dict[str, str]) -> Iterator[object]:
+    """A real Weaviate server for the whole session (built with `go install` if not cached)."""
+    from freshkb.config import Settings
+    from store import server
+
+    settings = Settings()
+    server.up(settings)
+    yield settings
+    server.down(settings)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Flows run for real against a temporary Prefect database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def store(weaviate_settings: object) -> Iterator[object]:
+    """A WeaviateStore on an empty server: every freshkb collection and alias removed first."""
+    from store.weaviate_store import WeaviateStore, connect
+
+    client = connect(weaviate_settings)  # type: ignore[arg-type]
+    for alias in client.alias.list_all():
+        client.alias.delete(alias_name=alias)
+    client.collections.delete_all()
+    yield WeaviateStore(client)
+    client.close()
+
+
+@pytest.fixture
+def corpus_copy(tmp_path: Path) -> Path:
+    """A writable folder for tests that edit, add and delete source files."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    return folder
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
