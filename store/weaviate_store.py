@@ -59,7 +59,9 @@ def connect(settings: Settings) -> weaviate.WeaviateClient:
                 grpc_port=settings.weaviate_grpc_port,
             )
         url = settings.weaviate_url.rstrip("/")
-        if url.endswith((".weaviate.cloud", ".weaviate.network")) or ".gcp." in url:
+        if url.endswith((".weaviate.cloud", ".weaviate.network")):
+            if auth is None:
+                raise ConfigError(f"{url} is a Weaviate Cloud cluster: set WEAVIATE_API_KEY")
             return weaviate.connect_to_weaviate_cloud(cluster_url=url, auth_credentials=auth)
         http = httpx_url(url)
         grpc = httpx_url(settings.weaviate_grpc_url) if settings.weaviate_grpc_url else None
@@ -163,6 +165,7 @@ class WeaviateStore:
     def __init__(self, client: weaviate.WeaviateClient):
         self.client = client
         self._physical: dict[SourceKind, str] = {}
+        self._dimension: dict[SourceKind, int] = {}
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -204,6 +207,7 @@ class WeaviateStore:
                 "models are never mixed: set the embedding model back, or rebuild the index"
             )
         self._physical[kind] = name
+        self._dimension[kind] = dimension
         return name
 
     def collection_model(self, name: str) -> tuple[str | None, int | None]:
@@ -276,13 +280,13 @@ class WeaviateStore:
                     str(p["document_id"]),
                     {
                         "hashes": set(),
-                        "count": int(p.get("chunk_count") or 0),
+                        "count": _opt_int(p.get("chunk_count")) or 0,
                         "positions": set(),
                         "customer_id": p.get("customer_id"),
                     },
                 )
                 doc["hashes"].add(p["content_hash"])
-                doc["positions"].add(int(p.get("position") or 0))
+                doc["positions"].add(_opt_int(p.get("position")) or 0)
         result = {}
         for doc_id, doc in seen.items():
             # Mixed hashes mean a write was interrupted between two versions: treat as changed.
@@ -331,8 +335,23 @@ class WeaviateStore:
             self.ensure_tenants(customers)
         written = done = 0
         failed: list[tuple[str, str]] = []
-        for (kind, customer_id), items in groups.items():
+        for (kind, customer_id), group in groups.items():
             collection = self._collection(kind, customer_id)
+            # Weaviate fixes a collection's dimension from its first vector and would reject or,
+            # worse, race on others; check here so each bad object is reported by name.
+            expected = self._dimension.get(kind)
+            items = []
+            for item in group:
+                if expected is not None and len(item.vector) != expected:
+                    failed.append(
+                        (
+                            item.chunk.uuid,
+                            f"vector has {len(item.vector)} dimensions, "
+                            f"the collection holds {expected}",
+                        )
+                    )
+                else:
+                    items.append(item)
             for start in range(0, len(items), WRITE_BATCH):
                 batch = items[start : start + WRITE_BATCH]
                 objects = [
