@@ -1,0 +1,71 @@
+"""What every loader offers, and how files in a source folder are listed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Protocol
+
+from freshkb.config import SourceConfig
+from freshkb.errors import TransientError
+from freshkb.records import LoadResult
+
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, item)
+
+
+class Loader(Protocol):
+    """Pulls one source: `precheck()` fails fast, `load()` returns records and failures."""
+
+    source: SourceConfig
+
+    def precheck(self) -> None:
+        """Raise ConfigError or TransientError if the source cannot be read at all."""
+        ...
+
+    def load(self, progress: ProgressCallback | None = None) -> LoadResult:
+        """Every document or record of the source; a bad item becomes a LoadFailure."""
+        ...
+
+
+def check_folder(source: SourceConfig) -> Path:
+    """The source's folder or file, or a TransientError saying it is not there."""
+    location = Path(source.location)
+    if not location.exists():
+        raise TransientError(
+            f"source {source.name!r}: {location} does not exist; mount or create it, or fix "
+            "`location` in the sources config"
+        )
+    return location
+
+
+def list_files(source: SourceConfig) -> Iterator[tuple[Path, str]]:
+    """(path, path relative to the source) of every file the source includes, sorted.
+
+    Hidden files and folders (".git", ".DS_Store") are skipped silently.
+    """
+    root = Path(source.location)
+    if root.is_file():
+        yield root, root.name
+        return
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if not path.is_file():
+            continue
+        if any(_matches(relative, pattern) for pattern in source.include):
+            yield path, relative
+
+
+def _matches(relative: str, pattern: str) -> bool:
+    if fnmatch(relative, pattern):
+        return True
+    # "**/*.md" should also take top-level files, as in most glob tools.
+    return pattern.startswith("**/") and fnmatch(relative, pattern[3:])
+
+
+def modified_time(path: Path) -> datetime:
+    """A file's modification time as an aware UTC datetime."""
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)

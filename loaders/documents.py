@@ -1,0 +1,219 @@
+"""Policy documents from a folder: PDF, DOCX, HTML, Markdown, text and JSON knowledge articles.
+
+Each file is checked before it is parsed (empty, wrong magic bytes, truncated, binary, not
+UTF-8), then partitioned with `unstructured`. A file that fails becomes one LoadFailure with a
+reason that names the fix; the rest of the folder loads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from freshkb import ids
+from freshkb.config import SourceConfig
+from freshkb.errors import DataError
+from freshkb.records import LoadedDocument, LoadFailure, LoadResult, Section, SourceKind
+from loaders.base import ProgressCallback, check_folder, list_files, modified_time
+from loaders.nlp_model import install_offline_spacy_model
+
+TEXT_FORMATS = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".json": "json",
+}
+BINARY_FORMATS = {".pdf": "pdf", ".docx": "docx"}
+SUPPORTED = ", ".join(sorted({*TEXT_FORMATS, *BINARY_FORMATS}))
+ARTICLE_KEYS = ("id", "title", "content")
+
+
+class DocumentFolderLoader:
+    """Loads every supported file of a folder (recursively) as one document each."""
+
+    def __init__(self, source: SourceConfig):
+        self.source = source
+
+    def precheck(self) -> None:
+        """The folder must exist."""
+        check_folder(self.source)
+
+    def load(self, progress: ProgressCallback | None = None) -> LoadResult:
+        """Partition every included file; failures are collected, never raised."""
+        install_offline_spacy_model()
+        files = list(list_files(self.source))
+        documents: list[LoadedDocument] = []
+        failures: list[LoadFailure] = []
+        for done, (path, relative) in enumerate(files, 1):
+            try:
+                documents.extend(self._load_file(path, relative))
+            except DataError as exc:
+                failures.append(LoadFailure(self.source.name, relative, str(exc)))
+            except Exception as exc:  # one bad file never stops the folder
+                failures.append(
+                    LoadFailure(
+                        self.source.name,
+                        relative,
+                        f"could not be parsed ({type(exc).__name__}: {exc})",
+                    )
+                )
+            if progress:
+                progress(done, len(files), relative)
+        return LoadResult(tuple(documents), tuple(failures))
+
+    def _load_file(self, path: Path, relative: str) -> list[LoadedDocument]:
+        suffix = path.suffix.lower()
+        if suffix not in TEXT_FORMATS and suffix not in BINARY_FORMATS:
+            raise DataError(f"unsupported file type {suffix or '(none)'!r}; supported: {SUPPORTED}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"unreadable ({exc.strerror}); check its permissions") from exc
+        if not data:
+            raise DataError("empty file (0 bytes); remove it or upload the full document")
+        if suffix in BINARY_FORMATS:
+            sections = _partition_binary(BINARY_FORMATS[suffix], path, data, self.source)
+            return [self._document(relative, path, data, sections, {"file_type": suffix[1:]})]
+        text = _decode_text(data, suffix)
+        if suffix == ".json":
+            return self._articles(relative, path, data, text)
+        sections = _partition_text(TEXT_FORMATS[suffix], text)
+        return [self._document(relative, path, data, sections, {"file_type": suffix[1:]})]
+
+    def _document(
+        self,
+        key: str,
+        path: Path,
+        data: bytes,
+        sections: list[Section],
+        metadata: dict[str, Any],
+        title: str | None = None,
+    ) -> LoadedDocument:
+        if not sections:
+            hint = " (a scanned PDF? try pdf_strategy: hi_res)" if path.suffix == ".pdf" else ""
+            raise DataError(f"no text could be extracted{hint}")
+        pages = [s.page for s in sections if s.page is not None]
+        first_title = next((s.text for s in sections if s.category == "Title"), None)
+        return LoadedDocument(
+            source=self.source.name,
+            kind=SourceKind.DOCUMENTS,
+            document_id=ids.document_id(self.source.name, key),
+            key=key,
+            title=(title or first_title or path.stem)[:300],
+            content_hash=ids.content_hash(data),
+            modified_at=modified_time(path),
+            sections=tuple(sections),
+            metadata={
+                **metadata,
+                "size_bytes": len(data),
+                **({"page_count": max(pages)} if pages else {}),
+            },
+        )
+
+    def _articles(self, relative: str, path: Path, data: bytes, text: str) -> list[LoadedDocument]:
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from exc
+        articles = parsed if isinstance(parsed, list) else [parsed]
+        if not articles or not all(
+            isinstance(a, dict) and all(k in a for k in ARTICLE_KEYS) for a in articles
+        ):
+            raise DataError(
+                "not a knowledge article: expected an object (or an array of objects) with keys "
+                f"{', '.join(ARTICLE_KEYS)}"
+            )
+        documents = []
+        for article in articles:
+            content = str(article["content"] or "").strip()
+            body = _partition_text("markdown", content) if content else []
+            key = relative if len(articles) == 1 else f"{relative}#{article['id']}"
+            raw = data if len(articles) == 1 else json.dumps(article, sort_keys=True).encode()
+            documents.append(
+                self._document(
+                    key,
+                    path,
+                    raw,
+                    body,
+                    {"file_type": "json", "article_id": str(article["id"])},
+                    title=str(article["title"]),
+                )
+            )
+        return documents
+
+
+def _decode_text(data: bytes, suffix: str) -> str:
+    if b"\x00" in data[:8192]:
+        raise DataError(f"binary content in a {suffix} file; check the file type")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"invalid UTF-8 at byte {exc.start}; save the file as UTF-8") from exc
+
+
+def _check_pdf(data: bytes) -> None:
+    if not data.startswith(b"%PDF-"):
+        raise DataError(f"not a PDF (first bytes {data[:4]!r}); check the file type")
+    if b"%%EOF" not in data[-2048:]:
+        raise DataError("truncated PDF (no end-of-file marker); upload the complete file")
+
+
+def _partition_binary(fmt: str, path: Path, data: bytes, source: SourceConfig) -> list[Section]:
+    if fmt == "pdf":
+        _check_pdf(data)
+        from unstructured.partition.pdf import partition_pdf
+
+        elements = partition_pdf(
+            file=io.BytesIO(data), strategy=source.pdf_strategy, languages=["eng"]
+        )
+    else:
+        if not data.startswith(b"PK\x03\x04"):
+            raise DataError(f"not a DOCX (first bytes {data[:4]!r}; a DOCX is a ZIP archive)")
+        from unstructured.partition.docx import partition_docx
+
+        elements = partition_docx(file=io.BytesIO(data))
+    return sections_from_elements(elements)
+
+
+def _partition_text(fmt: str, text: str) -> list[Section]:
+    if fmt == "markdown":
+        from unstructured.partition.md import partition_md
+
+        elements = partition_md(text=text)
+    elif fmt == "html":
+        from unstructured.partition.html import partition_html
+
+        elements = partition_html(text=text)
+    else:
+        from unstructured.partition.text import partition_text
+
+        elements = partition_text(text=text)
+    return sections_from_elements(elements)
+
+
+def sections_from_elements(elements: Sequence[Any]) -> list[Section]:
+    """Sections from unstructured elements, each knowing the title it sits under."""
+    sections: list[Section] = []
+    current_title: str | None = None
+    for element in elements:
+        text = (element.text or "").strip()
+        if not text or element.category in {"PageBreak", "Header", "Footer"}:
+            continue
+        if element.category == "Title":
+            current_title = text
+        sections.append(
+            Section(
+                text=text,
+                category=element.category,
+                page=element.metadata.page_number,
+                title=current_title,
+            )
+        )
+    return sections
