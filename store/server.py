@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -122,6 +123,20 @@ def server_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _raise_open_file_limit() -> None:
+    """Run in the server's child process: allow many open files.
+
+    Each tenant (one per customer) is a shard with its own LSM files, so thousands of customers
+    exceed the usual 1024-20000 descriptors. Root may raise the hard limit; others get theirs.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1_048_576
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _pid_file(settings: Settings) -> Path:
     return settings.weaviate_data_dir / "freshkb-weaviate.pid"
 
@@ -202,6 +217,7 @@ def up(settings: Settings) -> ServerStatus:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_raise_open_file_limit,
     )
     _pid_file(settings).write_text(str(process.pid))
     deadline = time.monotonic() + settings.weaviate_startup_timeout

@@ -101,34 +101,61 @@ def httpx_url(url: str) -> _Endpoint:
 
 
 def _properties(kind: SourceKind) -> list[Property]:
+    """The schema of a collection.
+
+    Only what is searched or filtered on is indexed: every index is a set of files per shard,
+    and the customer collection has one shard per customer.
+    """
     field = Tokenization.FIELD
+
+    def searchable(name: str) -> Property:
+        return Property(
+            name=name,
+            data_type=DataType.TEXT,
+            tokenization=Tokenization.WORD,
+            index_filterable=False,
+        )
+
+    def filterable(name: str, data_type: DataType = DataType.TEXT) -> Property:
+        tokenization = field if data_type is DataType.TEXT else None
+        return Property(
+            name=name,
+            data_type=data_type,
+            tokenization=tokenization,
+            index_searchable=False,
+            index_filterable=True,
+        )
+
+    def stored(name: str, data_type: DataType = DataType.TEXT) -> Property:
+        tokenization = field if data_type is DataType.TEXT else None
+        return Property(
+            name=name,
+            data_type=data_type,
+            tokenization=tokenization,
+            index_searchable=False,
+            index_filterable=False,
+            index_range_filters=False,
+        )
+
     props = [
-        Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
-        Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
-        Property(name="section_title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
-        Property(name="source", data_type=DataType.TEXT, tokenization=field),
-        Property(name="document_id", data_type=DataType.TEXT, tokenization=field),
-        Property(name="document_key", data_type=DataType.TEXT, tokenization=field),
-        Property(
-            name="content_hash", data_type=DataType.TEXT, tokenization=field, index_searchable=False
-        ),
-        Property(
-            name="chunk_hash", data_type=DataType.TEXT, tokenization=field, index_searchable=False
-        ),
-        Property(name="position", data_type=DataType.INT),
-        Property(name="chunk_count", data_type=DataType.INT),
-        Property(name="page", data_type=DataType.INT),
-        Property(name="modified_at", data_type=DataType.DATE),
-        Property(name="ingested_at", data_type=DataType.DATE),
-        Property(
-            name="flow_run_id", data_type=DataType.TEXT, tokenization=field, index_searchable=False
-        ),
-        Property(
-            name="model_id", data_type=DataType.TEXT, tokenization=field, index_searchable=False
-        ),
+        searchable("text"),
+        searchable("title"),
+        searchable("section_title"),
+        filterable("source"),
+        filterable("document_id"),
+        filterable("position", DataType.INT),
+        stored("document_key"),
+        stored("content_hash"),
+        stored("chunk_hash"),
+        stored("chunk_count", DataType.INT),
+        stored("page", DataType.INT),
+        stored("modified_at", DataType.DATE),
+        stored("ingested_at", DataType.DATE),
+        stored("flow_run_id"),
+        stored("model_id"),
     ]
     if kind is SourceKind.CUSTOMERS:
-        props.append(Property(name="customer_id", data_type=DataType.TEXT, tokenization=field))
+        props.append(filterable("customer_id"))
     return props
 
 
@@ -192,7 +219,6 @@ class WeaviateStore:
                         multi_tenancy_config=Configure.multi_tenancy(enabled=True)
                         if kind is SourceKind.CUSTOMERS
                         else None,
-                        inverted_index_config=Configure.inverted_index(index_null_state=True),
                     )
                 self.client.alias.create(alias_name=alias, target_collection=name)
             else:

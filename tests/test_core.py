@@ -35,8 +35,13 @@ def test_tenant_names_are_valid_and_distinct():
 
 def _doc(key: str, text: str) -> LoadedDocument:
     return LoadedDocument(
-        source="kb", kind=SourceKind.DOCUMENTS, document_id=ids.document_id("kb", key), key=key,
-        title=key, content_hash=ids.content_hash(text), modified_at=datetime.now(UTC),
+        source="kb",
+        kind=SourceKind.DOCUMENTS,
+        document_id=ids.document_id("kb", key),
+        key=key,
+        title=key,
+        content_hash=ids.content_hash(text),
+        modified_at=datetime.now(UTC),
         sections=(),
     )
 
@@ -45,7 +50,8 @@ def _stored(doc: LoadedDocument, complete: bool = True, content_hash: str | None
     return StoredDocument(
         document_id=doc.document_id,
         content_hash=doc.content_hash if content_hash is None else content_hash,
-        chunk_count=2, complete=complete,
+        chunk_count=2,
+        complete=complete,
     )
 
 
@@ -97,8 +103,11 @@ def test_sources_file_resolves_relative_locations(tmp_path: Path):
     [
         ("sources:\n  - {name: x, kind: customers, location: d}\n", "customer_id"),
         ("sources:\n  - {name: x, kind: docs, location: d}\n", "kind"),
-        ("sources:\n  - {name: x, kind: documents, location: a}\n"
-         "  - {name: x, kind: documents, location: b}\n", "unique"),
+        (
+            "sources:\n  - {name: x, kind: documents, location: a}\n"
+            "  - {name: x, kind: documents, location: b}\n",
+            "unique",
+        ),
         ("sources: [\n", "not valid YAML"),
     ],
 )
@@ -132,7 +141,15 @@ def test_managed_server_binds_loopback_only_with_ports_derived_from_http_port():
     env = server_env(Settings(weaviate_http_port=18080, weaviate_grpc_port=15051))
     assert env["CLUSTER_BIND_ADDR"] == "127.0.0.1"
     assert env["ENABLE_MODULES"] == "" and env["DISABLE_TELEMETRY"] == "true"
-    ports = [env[k] for k in ("GRPC_PORT", "CLUSTER_GOSSIP_BIND_PORT", "CLUSTER_DATA_BIND_PORT",
-                              "RAFT_PORT", "RAFT_INTERNAL_RPC_PORT")]
+    ports = [
+        env[k]
+        for k in (
+            "GRPC_PORT",
+            "CLUSTER_GOSSIP_BIND_PORT",
+            "CLUSTER_DATA_BIND_PORT",
+            "RAFT_PORT",
+            "RAFT_INTERNAL_RPC_PORT",
+        )
+    ]
     assert len(set(ports)) == 5
     assert "8080" not in ports and "50051" not in ports

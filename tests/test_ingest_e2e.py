@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fixtures_files import shared_dir
+from weaviate.exceptions import WeaviateBaseError
 
 from embeddings.embedder import get_embedder
 from flows.ingest import ingest_source
@@ -71,7 +72,9 @@ def write_policies(folder: Path) -> None:
     (folder / "warranty.md").write_text(WARRANTY)
 
 
-def stored_objects(store: WeaviateStore, kind: SourceKind = SourceKind.DOCUMENTS) -> dict[str, dict]:
+def stored_objects(
+    store: WeaviateStore, kind: SourceKind = SourceKind.DOCUMENTS
+) -> dict[str, dict]:
     """Every object of the live collection of `kind` (all tenants), keyed by UUID."""
     name = store.live_collection(kind)
     assert name is not None
@@ -106,7 +109,9 @@ def test_first_ingest_writes_every_chunk_and_search_finds_known_passage(
     objects = stored_objects(store)
     assert report["objects_written"] == len(objects) == report["chunks_embedded"]
     assert {o["document_key"] for o in objects.values()} == {
-        "returns.md", "shipping.md", "warranty.md"
+        "returns.md",
+        "shipping.md",
+        "warranty.md",
     }
     for obj in objects.values():
         assert obj["source"] == "kb"
@@ -160,7 +165,9 @@ def test_editing_one_file_rewrites_only_its_chunks(store, prefect_harness, corpu
         if obj["document_key"] != "shipping.md":
             assert obj == before[uuid]
             assert obj["flow_run_id"] == first["flow_run_id"]
-    shipping_text = " ".join(o["text"] for o in after.values() if o["document_key"] == "shipping.md")
+    shipping_text = " ".join(
+        o["text"] for o in after.values() if o["document_key"] == "shipping.md"
+    )
     assert "$120" in shipping_text and "$75" not in shipping_text
 
 
@@ -181,7 +188,9 @@ def test_shortened_document_drops_its_tail_chunks(store, prefect_harness, corpus
 def test_deleted_file_removes_its_chunks(store, prefect_harness, corpus_copy):
     write_policies(corpus_copy)
     ingest_source(source_config=documents_source(corpus_copy))
-    warranty_objects = [o for o in stored_objects(store).values() if o["document_key"] == "warranty.md"]
+    warranty_objects = [
+        o for o in stored_objects(store).values() if o["document_key"] == "warranty.md"
+    ]
     (corpus_copy / "warranty.md").unlink()
     report = ingest_source(source_config=documents_source(corpus_copy))
     assert report["documents_deleted"] == 1
@@ -269,9 +278,7 @@ def test_retail_customers_ingest_counts_and_isolation(store, prefect_harness, re
         assert all(other not in h.text for h in hits)
 
     # Isolation is the server's, not only our filter's: no tenant, no data.
-    from weaviate.exceptions import WeaviateQueryError
-
-    with pytest.raises(WeaviateQueryError):
+    with pytest.raises(WeaviateBaseError):
         collection.query.fetch_objects(limit=1)
 
 
@@ -298,16 +305,32 @@ def test_cli_ingest_and_search_print_json(store, corpus_copy, tmp_path):
     write_policies(corpus_copy)
     env = _cli_env(tmp_path)
     ingest = subprocess.run(
-        _freshkb("ingest", "--source", "cli-kb", "--kind", "documents", "--path", str(corpus_copy),
-                 "--json"),
-        capture_output=True, text=True, env=env, timeout=600, check=False,
+        _freshkb(
+            "ingest",
+            "--source",
+            "cli-kb",
+            "--kind",
+            "documents",
+            "--path",
+            str(corpus_copy),
+            "--json",
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
     )
     assert ingest.returncode == 0, ingest.stderr[-3000:]
     report = json.loads(ingest.stdout)
     assert report["source"] == "cli-kb" and report["documents_new"] == 3
     found = subprocess.run(
         _freshkb("search", "free shipping threshold", "--k", "2", "--json"),
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert found.returncode == 0, found.stderr[-3000:]
     hits = json.loads(found.stdout)
@@ -315,32 +338,49 @@ def test_cli_ingest_and_search_print_json(store, corpus_copy, tmp_path):
     assert {"text", "source", "document_key", "title", "page", "score"} <= set(hits[0])
 
 
-def test_killed_ingest_rerun_converges_without_duplicates(store, prefect_harness, tmp_path):
+def test_killed_ingest_rerun_converges_without_duplicates(
+    store, prefect_harness, tmp_path, retail_users_orders
+):
     """SIGKILL an ingest while it writes, rerun it, compare with a clean run's objects."""
     env = _cli_env(tmp_path)
     config = tmp_path / "freshkb.yaml"
     source = retail_source()
     config.write_text(json.dumps({"sources": [source]}))  # JSON is YAML
+    # Records are written customer by customer, starting with the owner of the first order
+    # (orders.json sorts before users.json); once that tenant holds data, the other 499
+    # customers are still to come.
+    _, orders = retail_users_orders
+    first_customer = next(iter(orders.values()))["user_id"]
     process = subprocess.Popen(
         _freshkb("ingest", "retail-customers", "--config", str(config), "--json"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
     )
-    # Tenants are created just before the first record is written; the writes of 1,500
-    # records to 500 tenants take seconds, so a kill shortly after lands in the middle.
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and process.poll() is None:
-        name = store.client.alias.get(alias_name="CustomerRecord")
-        if name and store.client.collections.get(name.collection).tenants.get():
-            time.sleep(1.0)
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    process.wait(timeout=60)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and process.poll() is None:
+            alias = store.client.alias.get(alias_name="CustomerRecord")
+            if alias is not None:
+                collection = store.client.collections.get(alias.collection)
+                try:
+                    if collection.with_tenant(first_customer).aggregate.over_all().total_count:
+                        break
+                except WeaviateBaseError:
+                    pass  # tenant not created yet
+            time.sleep(0.02)
+    finally:
+        # The whole process group: the CLI and the Prefect server it started.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
     partial = store.count(SourceKind.CUSTOMERS)
     assert 0 < partial < 1500, f"kill did not land mid-write ({partial} objects)"
+
     store._physical.clear()
     rerun = ingest_source(source_config=source)
     assert rerun["status"] == "completed"
+    assert rerun["documents_new"] + rerun["documents_changed"] > 0
     converged = stored_objects(store, SourceKind.CUSTOMERS)
 
     store.client.alias.delete(alias_name="CustomerRecord")
