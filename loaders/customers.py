@@ -46,6 +46,11 @@ class CustomerRecordsLoader:
                 connection.execute(sqlalchemy.text("SELECT 1"))
         except sqlalchemy.exc.ArgumentError as exc:
             raise ConfigError(f"source {self.source.name!r}: bad SQLAlchemy URL: {exc}") from exc
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"source {self.source.name!r}: the database driver {exc.name!r} for "
+                f"{_masked(self.source.location)} is not installed; pip install it"
+            ) from exc
         except sqlalchemy.exc.SQLAlchemyError as exc:
             raise TransientError(
                 f"source {self.source.name!r}: cannot connect to {_masked(self.source.location)}"
