@@ -19,7 +19,7 @@ from unstructured.documents.elements import (
 )
 
 from freshkb import ids
-from freshkb.records import Chunk, LoadedDocument, Section
+from freshkb.records import Chunk, LoadedDocument, Section, SourceKind
 
 # Characters per token of English prose for WordPiece/BPE tokenizers, rounded down so a full
 # chunk stays inside the model window instead of being silently truncated by the encoder.
@@ -71,11 +71,31 @@ def embedding_text(title: str, section_title: str | None, text: str) -> str:
     return "\n".join([*header, text]) if header else text
 
 
+def _record_pieces(sections: tuple[Section, ...], max_chars: int) -> list[tuple[str, Section]]:
+    """Customer records keep their line layout (nested fields are indented lines), so they are
+    packed line by line instead of by unstructured, which joins lines into prose."""
+    pieces: list[tuple[str, Section]] = []
+    for section in sections:
+        lines: list[str] = []
+        size = 0
+        for line in section.text.splitlines():
+            if lines and size + len(line) + 1 > max_chars:
+                pieces.append(("\n".join(lines), section))
+                lines, size = [], 0
+            lines.append(line[:max_chars])
+            size += len(line) + 1
+        if lines:
+            pieces.append(("\n".join(lines), section))
+    return pieces
+
+
 def chunk_document(document: LoadedDocument, policy: ChunkingPolicy) -> list[Chunk]:
     """Split one document into chunks; positions run 0..n-1 in reading order."""
     sections = document.sections
     if not sections:
         return []
+    if document.kind is SourceKind.CUSTOMERS:
+        return _chunks(document, _record_pieces(sections, policy.max_characters))
     elements = [_to_element(index, section) for index, section in enumerate(sections)]
     composites = chunk_by_title(
         elements,
@@ -94,6 +114,10 @@ def chunk_document(document: LoadedDocument, policy: ChunkingPolicy) -> list[Chu
         originals = composite.metadata.orig_elements or []
         first = sections[int(originals[0].id)] if originals else sections[0]
         texts.append((text, first))
+    return _chunks(document, texts)
+
+
+def _chunks(document: LoadedDocument, texts: list[tuple[str, Section]]) -> list[Chunk]:
     count = len(texts)
     chunks = []
     for position, (text, first) in enumerate(texts):

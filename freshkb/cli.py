@@ -302,7 +302,7 @@ def search(
         out.print(
             f"[bold]{rank}. {hit.title}[/]  [dim]{where}  score {hit.score:.3f}[/]", highlight=False
         )
-        if hit.section_title and hit.section_title != hit.title:
+        if hit.section_title and not hit.text.lstrip().startswith(hit.section_title):
             out.print(f"   [italic]{hit.section_title}[/]", highlight=False)
         out.print(hit.text.strip(), highlight=False, markup=False)
         out.print()

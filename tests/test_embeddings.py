@@ -172,3 +172,20 @@ def test_cache_is_keyed_by_model(tmp_path):
     cache.put_many([("h1", [0.5, 0.25])], "model-a")
     assert cache.get_many(["h1"], "model-a") == {"h1": [0.5, 0.25]}
     assert cache.get_many(["h1"], "model-b") == {}
+
+
+def test_customer_records_keep_their_line_layout_when_chunked():
+    lines = ["Record orders #W1 of customer u1", "address:", "  city: Denver", "items:"]
+    lines += [f"  - name: Item {n}\n    price: {n}.00" for n in range(80)]
+    record = LoadedDocument(
+        source="crm", kind=SourceKind.CUSTOMERS, document_id=ids.document_id("crm", "o:#W1"),
+        key="o:#W1", title="orders #W1", content_hash="h", modified_at=datetime.now(UTC),
+        sections=(Section("\n".join(lines)),), customer_id="u1",
+    )
+    policy = ChunkingPolicy.for_window(256)
+    chunks = chunk_document(record, policy)
+    assert len(chunks) > 1
+    assert chunks[0].text.startswith("Record orders #W1 of customer u1\naddress:\n  city: Denver")
+    assert all(len(c.text) <= policy.max_characters for c in chunks)
+    assert all(c.customer_id == "u1" for c in chunks)
+    assert "\n".join(c.text for c in chunks) == "\n".join(lines)
