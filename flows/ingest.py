@@ -219,6 +219,10 @@ def ingest_source(
         report.status = "failed"
         report.error = str(exc)
         logger.error("ingest of %s failed: %s", config.name, exc)
+    except Exception as exc:  # an unexpected bug still ends as a failed report, not a crash
+        report.status = "failed"
+        report.error = f"{type(exc).__name__}: {exc}"
+        logger.exception("ingest of %s failed unexpectedly", config.name)
     _publish(report)
     return report.to_dict()
 

@@ -178,9 +178,15 @@ def test_customer_records_keep_their_line_layout_when_chunked():
     lines = ["Record orders #W1 of customer u1", "address:", "  city: Denver", "items:"]
     lines += [f"  - name: Item {n}\n    price: {n}.00" for n in range(80)]
     record = LoadedDocument(
-        source="crm", kind=SourceKind.CUSTOMERS, document_id=ids.document_id("crm", "o:#W1"),
-        key="o:#W1", title="orders #W1", content_hash="h", modified_at=datetime.now(UTC),
-        sections=(Section("\n".join(lines)),), customer_id="u1",
+        source="crm",
+        kind=SourceKind.CUSTOMERS,
+        document_id=ids.document_id("crm", "o:#W1"),
+        key="o:#W1",
+        title="orders #W1",
+        content_hash="h",
+        modified_at=datetime.now(UTC),
+        sections=(Section("\n".join(lines)),),
+        customer_id="u1",
     )
     policy = ChunkingPolicy.for_window(256)
     chunks = chunk_document(record, policy)

@@ -393,3 +393,26 @@ def test_killed_ingest_rerun_converges_without_duplicates(
     for uuid, obj in reference.items():
         for field in ("text", "content_hash", "chunk_hash", "document_id", "customer_id"):
             assert converged[uuid][field] == obj[field]
+
+
+def test_unreachable_source_fails_alone_in_an_all_sources_run(
+    store, prefect_harness, corpus_copy, tmp_path
+):
+    from flows.ingest import ingest_all
+
+    write_policies(corpus_copy)
+    config = tmp_path / "freshkb.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "sources": [
+                    {**documents_source(tmp_path / "unmounted", "gone"), "owner": "tests"},
+                    documents_source(corpus_copy, "kb"),
+                ]
+            }
+        )
+    )
+    gone, good = ingest_all(str(config))
+    assert gone["status"] == "failed"
+    assert "does not exist" in gone["error"] and "unmounted" in gone["error"]
+    assert good["status"] == "completed" and good["documents_new"] == 3
