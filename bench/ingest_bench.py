@@ -95,12 +95,17 @@ def main() -> int:
         print(json.dumps({"folder": args.folder, "server_start_s": server_start, "runs": rows}))
         return 0
     print(f"folder: {args.folder}  (Weaviate start {server_start:.1f}s, not counted)")
-    print(f"{'run':<22}{'seconds':>9}{'x first':>9}{'docs':>6}{'new/chg':>8}{'failed':>7}"
-          f"{'embedded':>9}{'written':>8}  stages")
+    print(
+        f"{'run':<22}{'seconds':>9}{'x first':>9}{'docs':>6}{'new/chg':>8}{'failed':>7}"
+        f"{'embedded':>9}{'written':>8}  stages"
+    )
     for r in rows:
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items())
-        print(f"{r['run']:<22}{r['seconds']:>9.2f}{r['vs_first']:>9.3f}{r['documents']:>6}"
-              f"{r['changed_or_new']:>8}{r['failed']:>7}{r['embedded']:>9}{r['written']:>8}  {stages}")
+        print(
+            f"{r['run']:<22}{r['seconds']:>9.2f}{r['vs_first']:>9.3f}{r['documents']:>6}"
+            f"{r['changed_or_new']:>8}{r['failed']:>7}{r['embedded']:>9}{r['written']:>8}"
+            f"  {stages}"
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Write the sample's DOCX and PDF (run once; the outputs are committed).
 
-    .venv/bin/python sample/make_binary_samples.py
+.venv/bin/python sample/make_binary_samples.py
 """
 
 from __future__ import annotations
