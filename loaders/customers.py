@@ -104,7 +104,7 @@ class CustomerRecordsLoader:
         try:
             with engine.connect() as connection:
                 frame = pd.read_sql(sqlalchemy.text(statement), connection)
-        except sqlalchemy.exc.OperationalError as exc:
+        except sqlalchemy.exc.DBAPIError as exc:
             raise ConfigError(
                 f"source {self.source.name!r}: SQL failed on {_masked(self.source.location)}: "
                 f"{exc.orig}; check `table`/`query`"
