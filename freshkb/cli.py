@@ -32,7 +32,7 @@ weaviate_app = typer.Typer(
 app.add_typer(weaviate_app, name="weaviate")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ConfigOption = Annotated[
@@ -155,10 +155,18 @@ def ingest(
     include: Annotated[
         list[str] | None, typer.Option(help="Glob of files to take (repeatable).")
     ] = None,
+    allow_mass_delete: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-delete",
+            help="Confirm a real clean-up: let this run delete more than the source's "
+            "max_delete_share of its live documents, or all of them if it is empty.",
+        ),
+    ] = False,
     config: ConfigOption = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Load, chunk, embed and upsert sources into Weaviate; prints the run report."""
+    """Load, validate, chunk, embed and upsert sources into Weaviate; prints the run report."""
     _use_config(config)
     try:
         sources = _selected_sources(
@@ -171,7 +179,10 @@ def ingest(
 
     from flows.ingest import ingest_source
 
-    reports = [ingest_source(source_config=s.model_dump(mode="json")) for s in sources]
+    reports = [
+        ingest_source(source_config=s.model_dump(mode="json"), allow_mass_delete=allow_mass_delete)
+        for s in sources
+    ]
     if json_out:
         _print_json(reports if all_sources else reports[0])
     else:
@@ -251,9 +262,22 @@ def _show_report(report: dict[str, Any]) -> None:
     table.add_row(
         "objects", f"{report['objects_written']} written, {report['objects_deleted']} deleted"
     )
+    if report.get("objects_live") is not None:
+        table.add_row("live after run", f"{report['objects_live']} objects (verified)")
+    validation = report.get("validation") or {}
+    if validation:
+        met = validation["evaluated"] - validation["failed"]
+        verdict = "[green]passed[/]" if validation["success"] else "[red]failed[/]"
+        table.add_row(
+            "validation",
+            f"{verdict}: {met} of {validation['evaluated']} expectations met "
+            f"[dim]({validation.get('results_file')})[/]",
+        )
     table.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()))
     table.add_row("flow run", str(report["flow_run_id"]))
     out.print(table)
+    for failure in validation.get("failures", []):
+        out.print(f"  [red]expectation failed[/] {failure}", highlight=False, markup=False)
     for failure in report["failures"]:
         out.print(f"  [yellow]failed[/] {failure['item']}: {failure['reason']}", highlight=False)
     for failure in report["objects_failed"][:20]:
@@ -306,6 +330,169 @@ def search(
             out.print(f"   [italic]{hit.section_title}[/]", highlight=False)
         out.print(hit.text.strip(), highlight=False, markup=False)
         out.print()
+
+
+# -- freshness, versions --------------------------------------------------------------------
+
+STATE_STYLE = {"fresh": "green", "stale": "yellow", "failed": "red", "never synced": "dim"}
+
+
+@app.command()
+def status(config: ConfigOption = None, json_out: JsonFlag = False) -> None:
+    """Freshness of every source: age against its SLA, state, last failure (from the ledger)."""
+    _use_config(config)
+    from freshkb.config import format_duration
+    from store.ledger import Ledger
+
+    settings = Settings()
+    try:
+        declared = load_sources() if config_file_path().is_file() else []
+        ledger = Ledger(settings.ledger_database_url)
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    try:
+        states = ledger.states(declared=declared)
+    finally:
+        ledger.close()
+    if json_out:
+        _print_json([state.to_dict() for state in states])
+    else:
+        table = Table("source", "kind", "state", "age / SLA", "last success", "last run", "why")
+        for state in states:
+            style = STATE_STYLE.get(state.state.value, "")
+            age = "-" if state.age_seconds is None else format_duration(state.age_seconds)
+            sla = "-" if state.sla_seconds is None else format_duration(state.sla_seconds)
+            table.add_row(
+                state.name,
+                state.kind,
+                f"[{style}]{state.state.value}[/]",
+                f"{age} / {sla}",
+                state.last_success_at.strftime("%Y-%m-%d %H:%M") if state.last_success_at else "-",
+                state.last_status or "-",
+                "; ".join(state.reasons) or "",
+            )
+        out.print(table)
+    if any(not state.usable for state in states):
+        raise typer.Exit(1)
+
+
+KindOption = Annotated[
+    SourceKind,
+    typer.Option("--kind", help="documents (PolicyChunk) or customers (CustomerRecord)."),
+]
+
+
+@app.command()
+def versions(
+    kind: Annotated[
+        SourceKind | None, typer.Option("--kind", help="Only this kind (default: both).")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List the index versions behind each alias: model, objects, created, flow run, live."""
+    from store.weaviate_store import WeaviateStore, connect
+
+    settings = Settings()
+    try:
+        ensure_weaviate(settings)
+        client = connect(settings)
+        try:
+            found = WeaviateStore(client).versions(kind)
+        finally:
+            client.close()
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    if json_out:
+        _print_json([{**asdict(v), "kind": v.kind.value, "complete": v.complete} for v in found])
+        return
+    table = Table("version", "live", "model", "objects", "created", "promoted", "flow run")
+    for v in found:
+        state = (
+            "[green]live[/]"
+            if v.live
+            else "[dim]rolled back[/]"
+            if v.rolled_back_at
+            else "[red]failed[/]"
+            if v.failed_at
+            else "complete"
+            if v.complete
+            else "[yellow]incomplete[/]"
+        )
+        table.add_row(
+            v.name,
+            state,
+            f"{v.model_id} ({v.dimension})",
+            str(v.objects),
+            v.created_at or "-",
+            v.promoted_at or "-",
+            v.flow_run_id or "-",
+        )
+    out.print(table)
+
+
+@app.command()
+def rollback(kind: KindOption, json_out: JsonFlag = False) -> None:
+    """Point the alias of KIND back at the previous complete version."""
+    from store.ledger import Ledger
+    from store.weaviate_store import WeaviateStore, connect
+
+    settings = Settings()
+    try:
+        ensure_weaviate(settings)
+        client = connect(settings)
+        try:
+            previous, restored = WeaviateStore(client).rollback(kind)
+        finally:
+            client.close()
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    if restored.retired_at:
+        from datetime import datetime
+
+        ledger = Ledger(settings.ledger_database_url)
+        try:
+            ledger.cap_last_success(
+                kind.value, datetime.fromisoformat(restored.retired_at.replace("Z", "+00:00"))
+            )
+        finally:
+            ledger.close()
+    result = {"kind": kind.value, "from": previous, "to": restored.name}
+    if json_out:
+        _print_json(result)
+    else:
+        out.print(
+            f"{kind.value}: answers now read {restored.name} (model {restored.model_id}), "
+            f"was {previous}; its data is as of {restored.retired_at or restored.promoted_at}"
+        )
+
+
+@app.command()
+def rebuild(kind: KindOption, config: ConfigOption = None, json_out: JsonFlag = False) -> None:
+    """Build a new index version of KIND from every declared source, switch when complete."""
+    _use_config(config)
+    try:
+        settings = Settings()
+        ensure_weaviate(settings)
+        load_sources()
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    from flows.ingest import rebuild_index
+
+    summary = rebuild_index(kind.value)
+    if json_out:
+        _print_json(summary)
+    else:
+        for report in summary.get("reports", []):
+            _show_report(report)
+        if summary["promoted"]:
+            out.print(
+                f"[green]promoted[/] {summary['version']} (model {summary['model_id']}); "
+                f"previous {summary.get('previous')} kept for `freshkb rollback`"
+            )
+        else:
+            out.print(f"[red]not promoted[/]: {summary.get('error')}", highlight=False)
+    if not summary["promoted"]:
+        raise typer.Exit(1)
 
 
 @app.command("sources")

@@ -57,6 +57,9 @@ class LoadFailure:
     source: str
     item: str
     reason: str
+    # A record that failed (no customer id, duplicate key) keeps its fields, so validation
+    # still sees every record that was pulled, not only the ones that loaded.
+    record: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ class RunReport:
     objects_written: int = 0
     objects_deleted: int = 0
     objects_failed: list[dict[str, str]] = field(default_factory=list)
+    objects_live: int | None = None  # counted after the writes (the post-write check)
+    validation: dict[str, Any] = field(default_factory=dict)  # Great Expectations summary
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,11 +60,24 @@ class RunReport:
                 f"{self.embeddings_cached} from cache)",
             ),
             ("objects written / deleted", f"{self.objects_written} / {self.objects_deleted}"),
+            ("objects live after the run", "-" if self.objects_live is None else self.objects_live),
+            ("validation", _validation_line(self.validation)),
             ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items())),
         ]
         lines = [f"### freshkb ingest `{self.source}`", "", "| | |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in rows]
+        if self.validation.get("failures"):
+            lines += ["", "| failed expectation |", "|---|"]
+            lines += [f"| {text.replace('|', '/')} |" for text in self.validation["failures"]]
         if self.failures:
             lines += ["", "| failed item | reason |", "|---|---|"]
             lines += [f"| {f['item']} | {f['reason'].replace('|', '/')} |" for f in self.failures]
         return "\n".join(lines)
+
+
+def _validation_line(validation: dict[str, Any]) -> str:
+    if not validation:
+        return "not run"
+    passed = validation["evaluated"] - validation["failed"]
+    verdict = "passed" if validation["success"] else "FAILED"
+    return f"{verdict}: {passed} of {validation['evaluated']} expectations met"

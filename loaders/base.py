@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Protocol
 
 from freshkb.config import SourceConfig
-from freshkb.errors import TransientError
-from freshkb.records import LoadResult
+from freshkb.errors import DataError, TransientError
+from freshkb.records import LoadedDocument, LoadFailure, LoadResult
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, item)
 
@@ -69,3 +69,31 @@ def _matches(relative: str, pattern: str) -> bool:
 def modified_time(path: Path) -> datetime:
     """A file's modification time as an aware UTC datetime."""
     return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+
+
+def load_each_file(
+    source: SourceConfig,
+    load_file: Callable[[Path, str], LoadResult],
+    progress: ProgressCallback | None,
+) -> LoadResult:
+    """Run `load_file` on every included file; a file that raises becomes one LoadFailure.
+
+    One bad file never stops the source: a DataError carries its own reason, anything else is
+    reported with its type so the run report still names the file.
+    """
+    files = list(list_files(source))
+    documents: list[LoadedDocument] = []
+    failures: list[LoadFailure] = []
+    for done, (path, relative) in enumerate(files, 1):
+        try:
+            result = load_file(path, relative)
+            documents.extend(result.documents)
+            failures.extend(result.failures)
+        except DataError as exc:
+            failures.append(LoadFailure(source.name, relative, str(exc)))
+        except Exception as exc:
+            reason = f"could not be read ({type(exc).__name__}: {exc})"
+            failures.append(LoadFailure(source.name, relative, reason))
+        if progress:
+            progress(done, len(files), relative)
+    return LoadResult(tuple(documents), tuple(failures))

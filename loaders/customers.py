@@ -19,7 +19,7 @@ from freshkb import ids
 from freshkb.config import FileOptions, SourceConfig
 from freshkb.errors import ConfigError, DataError, TransientError
 from freshkb.records import LoadedDocument, LoadFailure, LoadResult, Section, SourceKind
-from loaders.base import ProgressCallback, check_folder, list_files, modified_time
+from loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
 
 RECORD_FORMATS = (".csv", ".json", ".jsonl", ".ndjson", ".parquet")
 KEY_FIELD = "_key"
@@ -59,41 +59,23 @@ class CustomerRecordsLoader:
 
     def load(self, progress: ProgressCallback | None = None) -> LoadResult:
         """Every record; a bad file or record becomes a LoadFailure."""
-        documents: list[LoadedDocument] = []
-        failures: list[LoadFailure] = []
         if self.source.is_sql:
             label = self.source.table or "query"
-            rows = self._sql_rows()
             options = FileOptions(customer_id=self.source.customer_id, key=self.source.key)
-            self._records_to_documents(label, rows, options, datetime.now(UTC), documents, failures)
+            result = self._records_to_documents(label, self._sql_rows(), options, datetime.now(UTC))
             if progress:
                 progress(1, 1, label)
-            return LoadResult(tuple(documents), tuple(failures))
-        files = list(list_files(self.source))
-        for done, (path, relative) in enumerate(files, 1):
-            try:
-                rows = read_records(path)
-                self._records_to_documents(
-                    relative,
-                    rows,
-                    self.source.file_options(relative),
-                    modified_time(path),
-                    documents,
-                    failures,
-                )
-            except DataError as exc:
-                failures.append(LoadFailure(self.source.name, relative, str(exc)))
-            except Exception as exc:  # one bad file never stops the source
-                failures.append(
-                    LoadFailure(
-                        self.source.name,
-                        relative,
-                        f"could not be read ({type(exc).__name__}: {exc})",
-                    )
-                )
-            if progress:
-                progress(done, len(files), relative)
-        return LoadResult(tuple(documents), tuple(failures))
+            return result
+        return load_each_file(
+            self.source,
+            lambda path, relative: self._records_to_documents(
+                relative,
+                read_records(path),
+                self.source.file_options(relative),
+                modified_time(path),
+            ),
+            progress,
+        )
 
     def _sql_rows(self) -> list[dict[str, Any]]:
         import pandas as pd
@@ -117,9 +99,7 @@ class CustomerRecordsLoader:
         rows: list[dict[str, Any]],
         options: FileOptions,
         default_time: datetime,
-        documents: list[LoadedDocument],
-        failures: list[LoadFailure],
-    ) -> None:
+    ) -> LoadResult:
         customer_field = options.customer_id
         if not rows:
             raise DataError("no records; remove the file or check its contents")
@@ -140,6 +120,8 @@ class CustomerRecordsLoader:
                     f"several records share a {customer_field!r}; set `key:` (the primary-key "
                     "field) for this file in the sources config"
                 )
+        documents: list[LoadedDocument] = []
+        failures: list[LoadFailure] = []
         seen: dict[str, int] = {}
         stem = Path(label).stem
         for number, row in enumerate(rows, 1):
@@ -148,14 +130,22 @@ class CustomerRecordsLoader:
             if not customer:
                 failures.append(
                     LoadFailure(
-                        self.source.name, item, f"empty customer id field {customer_field!r}"
+                        self.source.name,
+                        item,
+                        f"empty customer id field {customer_field!r}",
+                        record=_failed_record(row, label, key_field),
                     )
                 )
                 continue
             key = _text_value(row.get(key_field))
             if not key:
                 failures.append(
-                    LoadFailure(self.source.name, item, f"empty primary-key field {key_field!r}")
+                    LoadFailure(
+                        self.source.name,
+                        item,
+                        f"empty primary-key field {key_field!r}",
+                        record=_failed_record(row, label, key_field),
+                    )
                 )
                 continue
             if key in seen:
@@ -164,6 +154,7 @@ class CustomerRecordsLoader:
                         self.source.name,
                         item,
                         f"duplicate key {key!r}, first seen at record {seen[key]}; kept the first",
+                        record=_failed_record(row, label, key_field),
                     )
                 )
                 continue
@@ -183,9 +174,20 @@ class CustomerRecordsLoader:
                     modified_at=_updated_at(record) or default_time,
                     sections=_sections(text),
                     customer_id=customer,
-                    metadata={"file": label, "record_key": key, "record_json": canonical},
+                    metadata={
+                        "file": label,
+                        "record_key": key,
+                        "key_field": key_field,
+                        "record_json": canonical,
+                    },
                 )
             )
+        return LoadResult(tuple(documents), tuple(failures))
+
+
+def _failed_record(row: dict[str, Any], label: str, key_field: str) -> dict[str, Any]:
+    """The fields of a record that did not load, with the file and key field it came under."""
+    return {**row, "_file": label, "_key_field": key_field}
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

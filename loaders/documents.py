@@ -16,8 +16,8 @@ from typing import Any
 from freshkb import ids
 from freshkb.config import SourceConfig
 from freshkb.errors import DataError
-from freshkb.records import LoadedDocument, LoadFailure, LoadResult, Section, SourceKind
-from loaders.base import ProgressCallback, check_folder, list_files, modified_time
+from freshkb.records import LoadedDocument, LoadResult, Section, SourceKind
+from loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
 from loaders.nlp_model import install_offline_spacy_model
 
 TEXT_FORMATS = {
@@ -46,25 +46,11 @@ class DocumentFolderLoader:
     def load(self, progress: ProgressCallback | None = None) -> LoadResult:
         """Partition every included file; failures are collected, never raised."""
         install_offline_spacy_model()
-        files = list(list_files(self.source))
-        documents: list[LoadedDocument] = []
-        failures: list[LoadFailure] = []
-        for done, (path, relative) in enumerate(files, 1):
-            try:
-                documents.extend(self._load_file(path, relative))
-            except DataError as exc:
-                failures.append(LoadFailure(self.source.name, relative, str(exc)))
-            except Exception as exc:  # one bad file never stops the folder
-                failures.append(
-                    LoadFailure(
-                        self.source.name,
-                        relative,
-                        f"could not be parsed ({type(exc).__name__}: {exc})",
-                    )
-                )
-            if progress:
-                progress(done, len(files), relative)
-        return LoadResult(tuple(documents), tuple(failures))
+        return load_each_file(
+            self.source,
+            lambda path, relative: LoadResult(tuple(self._load_file(path, relative))),
+            progress,
+        )
 
     def _load_file(self, path: Path, relative: str) -> list[LoadedDocument]:
         suffix = path.suffix.lower()

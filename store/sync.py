@@ -19,6 +19,7 @@ class SyncPlan:
     deleted: tuple[StoredDocument, ...]
     kept_after_failure: tuple[StoredDocument, ...]
     previous: Mapping[str, StoredDocument]  # what the store holds of each changed document
+    stored: Mapping[str, StoredDocument]  # everything the store held of the source
 
     @property
     def to_write(self) -> tuple[LoadedDocument, ...]:
@@ -61,4 +62,5 @@ def plan_sync(
         deleted=tuple(doc for doc in gone if doc.document_id not in failed_ids),
         kept_after_failure=tuple(doc for doc in gone if doc.document_id in failed_ids),
         previous={doc.document_id: stored[doc.document_id] for doc in changed},
+        stored=dict(stored),
     )

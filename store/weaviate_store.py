@@ -16,11 +16,12 @@ position), so writing a chunk again overwrites it instead of duplicating it.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import weaviate
@@ -42,7 +43,8 @@ POLICY_ALIAS = "PolicyChunk"
 CUSTOMER_ALIAS = "CustomerRecord"
 ALIASES = {SourceKind.DOCUMENTS: POLICY_ALIAS, SourceKind.CUSTOMERS: CUSTOMER_ALIAS}
 WRITE_BATCH = 200
-_MODEL_RE = re.compile(r"model=(?P<model>\S+) dim=(?P<dim>\d+)")
+_DESCRIPTION_FIELD = re.compile(r"(?P<name>[a-z_]+)=(?P<value>[^\s;]+)")
+_VERSION_NAME = re.compile(r"^(?P<alias>[A-Za-z]+)_v(?P<number>\d+)$")
 
 
 def connect(settings: Settings) -> weaviate.WeaviateClient:
@@ -168,6 +170,30 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class IndexVersion:
+    """One physical collection behind an alias: what built it and whether it served."""
+
+    name: str
+    kind: SourceKind
+    number: int
+    model_id: str | None
+    dimension: int | None
+    created_at: str | None
+    flow_run_id: str | None
+    promoted_at: str | None  # first time the alias pointed at it: it was complete
+    retired_at: str | None  # last time the alias moved away from it
+    rolled_back_at: str | None  # rolled back from: never a rollback target again
+    failed_at: str | None  # a rebuild that did not complete; dropped by the next rebuild
+    live: bool
+    objects: int
+
+    @property
+    def complete(self) -> bool:
+        """True if this version was ever promoted (filled and checked completely)."""
+        return self.promoted_at is not None
+
+
+@dataclass(frozen=True)
 class SearchHit:
     """One retrieved chunk or record, with where it came from."""
 
@@ -184,6 +210,7 @@ class SearchHit:
     customer_id: str | None
     ingested_at: datetime | None
     flow_run_id: str | None
+    relevance: float | None = None  # cosine of the hit's vector with the query's
 
 
 class WeaviateStore:
@@ -196,31 +223,20 @@ class WeaviateStore:
 
     # -- schema ---------------------------------------------------------------------------
 
-    def ensure_schema(self, kind: SourceKind, model_id: str, dimension: int) -> str:
-        """Create the live collection of `kind` if missing; refuse one built with another model.
+    def ensure_schema(
+        self, kind: SourceKind, model_id: str, dimension: int, flow_run_id: str = "local"
+    ) -> str:
+        """The live collection of `kind`, created (as version 1) if there is none yet.
 
-        Returns the physical collection name the alias points at.
+        Refuses a live collection built with another embedding model: vectors of two models are
+        never mixed; `freshkb rebuild` builds a new version instead.
         """
         alias = ALIASES[kind]
         try:
             existing = self.client.alias.get(alias_name=alias)
             if existing is None:
-                name = f"{alias}_v1"
-                if not self.client.collections.exists(name):
-                    self.client.collections.create(
-                        name,
-                        description=f"freshkb {kind.value}; model={model_id} dim={dimension}",
-                        properties=_properties(kind),
-                        vector_config=Configure.Vectors.self_provided(
-                            vector_index_config=Configure.VectorIndex.hnsw(
-                                distance_metric=VectorDistances.COSINE
-                            )
-                        ),
-                        multi_tenancy_config=Configure.multi_tenancy(enabled=True)
-                        if kind is SourceKind.CUSTOMERS
-                        else None,
-                    )
-                self.client.alias.create(alias_name=alias, target_collection=name)
+                name = self.create_version(kind, model_id, dimension, flow_run_id)
+                self.promote(kind, name)
             else:
                 name = existing.collection
         except WeaviateBaseError as exc:
@@ -228,21 +244,175 @@ class WeaviateStore:
         stored_model, stored_dim = self.collection_model(name)
         if stored_model and (stored_model != model_id or stored_dim != dimension):
             raise ConfigError(
-                f"collection {name} holds vectors of model {stored_model} ({stored_dim} dims) but "
-                f"the configured embedding model is {model_id} ({dimension} dims); vectors of two "
-                "models are never mixed: set the embedding model back, or rebuild the index"
+                f"the live {alias} collection ({name}) holds vectors of model {stored_model} "
+                f"({stored_dim} dims) but the configured embedding model is {model_id} "
+                f"({dimension} dims); vectors of two models are never mixed: run `freshkb "
+                f"rebuild --kind {kind.value}` to build a new version with the configured model "
+                "(the alias switches to it only when it is complete), or set the model back"
             )
         self._physical[kind] = name
         self._dimension[kind] = dimension
         return name
 
+    def use_collection(self, kind: SourceKind, name: str) -> None:
+        """Write to and read from `name` instead of the alias target (a rebuild in progress)."""
+        _, dimension = self.collection_model(name)
+        self._physical[kind] = name
+        if dimension is not None:
+            self._dimension[kind] = dimension
+
+    def collection_info(self, name: str) -> dict[str, str]:
+        """The key=value fields freshkb keeps in a collection's description."""
+        config = self.client.collections.get(name).config.get()
+        return {
+            m["name"]: m["value"] for m in _DESCRIPTION_FIELD.finditer(config.description or "")
+        }
+
     def collection_model(self, name: str) -> tuple[str | None, int | None]:
         """The (model id, dimension) a collection was created for, from its description."""
-        config = self.client.collections.get(name).config.get()
-        match = _MODEL_RE.search(config.description or "")
-        if not match:
+        info = self.collection_info(name)
+        if "model" not in info:
             return None, None
-        return match["model"], int(match["dim"])
+        return info["model"], int(info["dim"]) if "dim" in info else None
+
+    def _describe(self, name: str, **fields: str) -> None:
+        info = self.collection_info(name) | fields
+        kind = "customers" if name.startswith(CUSTOMER_ALIAS) else "documents"
+        text = f"freshkb {kind}; " + " ".join(f"{key}={value}" for key, value in info.items())
+        self.client.collections.get(name).config.update(description=text)
+
+    # -- versions -------------------------------------------------------------------------
+
+    def create_version(
+        self, kind: SourceKind, model_id: str, dimension: int, flow_run_id: str
+    ) -> str:
+        """Create the next, empty version of `kind`'s collection (not yet live); its name."""
+        alias = ALIASES[kind]
+        taken = [v.number for v in self.versions(kind, count_objects=False)]
+        name = f"{alias}_v{max(taken, default=0) + 1}"
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.client.collections.create(
+            name,
+            description=(
+                f"freshkb {kind.value}; model={model_id} dim={dimension} created={created} "
+                f"flow_run={flow_run_id}"
+            ),
+            properties=_properties(kind),
+            vector_config=Configure.Vectors.self_provided(
+                vector_index_config=Configure.VectorIndex.hnsw(
+                    distance_metric=VectorDistances.COSINE
+                )
+            ),
+            multi_tenancy_config=Configure.multi_tenancy(enabled=True)
+            if kind is SourceKind.CUSTOMERS
+            else None,
+        )
+        return name
+
+    def promote(self, kind: SourceKind, name: str) -> str | None:
+        """Point `kind`'s alias at `name` (answers switch at once); returns the previous target."""
+        alias = ALIASES[kind]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        existing = self.client.alias.get(alias_name=alias)
+        previous = existing.collection if existing else None
+        if previous == name:
+            return previous
+        if previous is None:
+            self.client.alias.create(alias_name=alias, target_collection=name)
+        else:
+            self.client.alias.update(alias_name=alias, new_target_collection=name)
+            self._describe(previous, retired=now)
+        if "promoted" not in self.collection_info(name):
+            self._describe(name, promoted=now)
+        self._physical[kind] = name
+        return previous
+
+    def rollback(self, kind: SourceKind) -> tuple[str, IndexVersion]:
+        """Point the alias back at the most recently promoted earlier version.
+
+        The version rolled back from is marked and never chosen by a later rollback, so two
+        rollbacks in a row go two versions back rather than toggling. Returns (from, to).
+        """
+        versions = self.versions(kind, count_objects=False)
+        live = next((v for v in versions if v.live), None)
+        if live is None:
+            raise ConfigError(f"no live {ALIASES[kind]} collection: nothing to roll back")
+        candidates = [v for v in versions if not v.live and v.complete and v.rolled_back_at is None]
+        if not candidates:
+            raise ConfigError(
+                f"{live.name} is the only complete {ALIASES[kind]} version: there is no "
+                "previous version to roll back to"
+            )
+        target = max(candidates, key=lambda v: (v.promoted_at or "", v.number))
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.promote(kind, target.name)
+        self._describe(live.name, rolled_back=now)
+        return live.name, target
+
+    def versions(
+        self, kind: SourceKind | None = None, count_objects: bool = True
+    ) -> list[IndexVersion]:
+        """Every freshkb collection version (of one kind, or all), oldest first."""
+        kinds = [kind] if kind else list(ALIASES)
+        live = {}
+        for each in kinds:
+            existing = self.client.alias.get(alias_name=ALIASES[each])
+            live[each] = existing.collection if existing else None
+        found = []
+        for name in self.client.collections.list_all(simple=True):
+            match = _VERSION_NAME.match(name)
+            if not match:
+                continue
+            version_kind = next((k for k in kinds if ALIASES[k] == match["alias"]), None)
+            if version_kind is None:
+                continue
+            info = self.collection_info(name)
+            found.append(
+                IndexVersion(
+                    name=name,
+                    kind=version_kind,
+                    number=int(match["number"]),
+                    model_id=info.get("model"),
+                    dimension=int(info["dim"]) if "dim" in info else None,
+                    created_at=info.get("created"),
+                    flow_run_id=info.get("flow_run"),
+                    promoted_at=info.get("promoted"),
+                    retired_at=info.get("retired"),
+                    rolled_back_at=info.get("rolled_back"),
+                    failed_at=info.get("failed"),
+                    live=live[version_kind] == name,
+                    objects=self._count_collection(name, version_kind) if count_objects else 0,
+                )
+            )
+        return sorted(found, key=lambda v: (v.kind.value, v.number))
+
+    def mark_failed(self, name: str) -> None:
+        """Mark a version whose rebuild did not complete; it is never promoted."""
+        self._describe(name, failed=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def drop_failed_versions(self, kind: SourceKind) -> list[str]:
+        """Delete the versions of `kind` left by failed rebuilds; their names."""
+        failed = [v.name for v in self.versions(kind, count_objects=False) if v.failed_at]
+        for name in failed:
+            self.drop_version(name)
+        return failed
+
+    def drop_version(self, name: str) -> None:
+        """Delete a version that is not live (an incomplete rebuild, or an old one)."""
+        for alias in ALIASES.values():
+            existing = self.client.alias.get(alias_name=alias)
+            if existing and existing.collection == name:
+                raise ConfigError(f"{name} is live behind {alias}; roll back or rebuild first")
+        self.client.collections.delete(name)
+
+    def _count_collection(self, name: str, kind: SourceKind) -> int:
+        collection = self.client.collections.get(name)
+        if kind is SourceKind.DOCUMENTS:
+            return int(collection.aggregate.over_all().total_count or 0)
+        return sum(
+            int(collection.with_tenant(t).aggregate.over_all().total_count or 0)
+            for t in collection.tenants.get()
+        )
 
     def live_collection(self, kind: SourceKind) -> str | None:
         """The physical collection the alias of `kind` points at, if there is one."""
@@ -439,12 +609,21 @@ class WeaviateStore:
         k: int = 5,
         customer_id: str | None = None,
         alpha: float = 0.5,
+        sources: Sequence[str] | None = None,
     ) -> list[SearchHit]:
         """Hybrid (BM25 + vector) search over policy chunks and, given a customer, their records.
 
         Results of the two collections are merged by score: both use relative-score fusion,
-        which scales each query's scores into [0, 1].
+        which scales each query's scores into [0, 1]. Because that score is relative, each hit
+        also carries `relevance`, the cosine of its vector with the query's, an absolute measure
+        the answer path uses to tell "nothing here answers this". With `sources`, only chunks of
+        those sources are searched (the answer path passes the fresh ones).
         """
+        if sources is not None and not sources:
+            return []
+        source_filter = (
+            Filter.by_property("source").contains_any(list(sources)) if sources else None
+        )
         targets: list[tuple[SourceKind, Collection]] = []
         if self.live_collection(SourceKind.DOCUMENTS):
             targets.append((SourceKind.DOCUMENTS, self._collection(SourceKind.DOCUMENTS)))
@@ -463,7 +642,9 @@ class WeaviateStore:
                     alpha=alpha,
                     limit=k,
                     query_properties=["text", "title^2", "section_title"],
+                    filters=source_filter,
                     return_metadata=MetadataQuery(score=True),
+                    include_vector=True,
                 )
             except WeaviateBaseError as exc:
                 raise TransientError(f"Weaviate search failed: {exc}") from exc
@@ -484,10 +665,21 @@ class WeaviateStore:
                         customer_id=_opt_str(p.get("customer_id")),
                         ingested_at=p.get("ingested_at"),  # type: ignore[arg-type]
                         flow_run_id=_opt_str(p.get("flow_run_id")),
+                        relevance=_cosine(
+                            vector, obj.vector.get("default") if obj.vector else None
+                        ),
                     )
                 )
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return hits[:k]
+
+
+def _cosine(query: Sequence[float], vector: object) -> float | None:
+    if not isinstance(vector, list) or len(vector) != len(query):
+        return None
+    dot = sum(a * b for a, b in zip(query, vector, strict=True))
+    norm = math.sqrt(sum(a * a for a in query)) * math.sqrt(sum(b * b for b in vector))
+    return round(dot / norm, 6) if norm else None
 
 
 def _opt_str(value: object) -> str | None:

@@ -70,9 +70,13 @@ def prefect_harness() -> Iterator[None]:
 
 @pytest.fixture
 def store(weaviate_settings: object) -> Iterator[object]:
-    """A WeaviateStore on an empty server: every freshkb collection and alias removed first."""
+    """A WeaviateStore on an empty server (every collection and alias removed) and an empty
+    freshness ledger."""
     from store.weaviate_store import WeaviateStore, connect
 
+    data_dir = Path(os.environ["FRESHKB_DATA_DIR"])
+    for leftover in data_dir.glob("ledger.sqlite3*"):
+        leftover.unlink()
     client = connect(weaviate_settings)  # type: ignore[arg-type]
     for alias in client.alias.list_all():
         client.alias.delete(alias_name=alias)

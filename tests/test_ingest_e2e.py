@@ -192,7 +192,10 @@ def test_deleted_file_removes_its_chunks(store, prefect_harness, corpus_copy):
         o for o in stored_objects(store).values() if o["document_key"] == "warranty.md"
     ]
     (corpus_copy / "warranty.md").unlink()
-    report = ingest_source(source_config=documents_source(corpus_copy))
+    # One of three is 33%, above the default mass-deletion limit; this source allows a half.
+    relaxed = {**documents_source(corpus_copy), "expectations": {"max_delete_share": 0.5}}
+    report = ingest_source(source_config=relaxed)
+    assert report["status"] == "completed", report["error"]
     assert report["documents_deleted"] == 1
     assert report["objects_deleted"] == len(warranty_objects) > 0
     assert all(o["document_key"] != "warranty.md" for o in stored_objects(store).values())
@@ -203,12 +206,15 @@ def test_file_turned_corrupt_keeps_its_last_good_chunks_and_is_reported(
 ):
     write_policies(corpus_copy)
     (corpus_copy / "guide.pdf").write_bytes(b"")  # fails on every run
-    first = ingest_source(source_config=documents_source(corpus_copy))
+    # Half the files failing is allowed here, so the run passes its gate and syncs.
+    lenient = {**documents_source(corpus_copy), "expectations": {"max_failed_share": 0.5}}
+    first = ingest_source(source_config=lenient)
     assert first["documents_failed"] == 1
     assert first["failures"][0]["item"] == "guide.pdf"
     before = stored_objects(store)
     (corpus_copy / "returns.md").write_bytes(b"\xff\xfe\x00garbage\x00\xff" * 50)
-    report = ingest_source(source_config=documents_source(corpus_copy))
+    report = ingest_source(source_config=lenient)
+    assert report["status"] == "completed", report["error"]
     assert {f["item"] for f in report["failures"]} == {"guide.pdf", "returns.md"}
     assert report["documents_deleted"] == 0
     assert stored_objects(store) == before
