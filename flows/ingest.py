@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,24 @@ def validate_task(
 def chunk_task(documents: tuple[LoadedDocument, ...], policy: ChunkingPolicy) -> list[Chunk]:
     """Chunk the documents that are new or changed."""
     return chunk_documents(documents, policy)
+
+
+@task(name="screen", **TASK_OPTIONS)
+def screen_task(chunks: list[Chunk]) -> list[Chunk]:
+    """Flag chunks that carry instructions aimed at an AI (indirect prompt injection).
+
+    Flagged chunks are still stored, so search and audits see them, but carry the reason; the
+    answer path never puts them in front of the LLM.
+    """
+    from serving.safety import get_injection_guard
+
+    verdicts = get_injection_guard().inspect_documents([chunk.text for chunk in chunks])
+    return [
+        replace(chunk, injection_reason="; ".join(verdict.reasons)[:2000])
+        if verdict.flagged
+        else chunk
+        for chunk, verdict in zip(chunks, verdicts, strict=True)
+    ]
 
 
 @task(name="embed", **TASK_OPTIONS)
@@ -318,6 +336,11 @@ def ingest_source(
         started = time.perf_counter()
         chunks = chunk_task(plan.to_write, policy) if plan.to_write else []
         timed("chunk", started)
+
+        started = time.perf_counter()
+        chunks = screen_task(chunks) if chunks else []
+        timed("screen", started)
+        report.chunks_flagged = sum(1 for chunk in chunks if chunk.injection_reason)
 
         started = time.perf_counter()
         embedded, stats = embed_task(settings, chunks) if chunks else ([], EmbedStats(0, 0))

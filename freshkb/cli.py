@@ -20,6 +20,8 @@ from freshkb.records import SourceKind
 # Models are read from installed packages or local paths; never reach for a hub implicitly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Prefect's local server would otherwise try to send usage telemetry from every run.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     help="Keep a customer-service knowledge base fresh and answerable.",
@@ -493,6 +495,230 @@ def rebuild(kind: KindOption, config: ConfigOption = None, json_out: JsonFlag = 
             out.print(f"[red]not promoted[/]: {summary.get('error')}", highlight=False)
     if not summary["promoted"]:
         raise typer.Exit(1)
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+escalations_app = typer.Typer(help="Questions handed to a human.", no_args_is_help=True)
+app.add_typer(escalations_app, name="escalations")
+llm_app = typer.Typer(
+    help="A small local OpenAI-compatible LLM server (llama.cpp, SmolLM2-135M) for laptops "
+    "and tests; production uses vLLM.",
+    no_args_is_help=True,
+)
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("up")
+def llm_up(json_out: JsonFlag = False) -> None:
+    """Start the local LLM server on 127.0.0.1 ($FRESHKB_LLM_PORT, default 8000)."""
+    from serving import llm_server
+
+    try:
+        state = llm_server.up(llm_server.LlmServerConfig.from_env())
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    _show_llm(state, json_out)
+
+
+@llm_app.command("down")
+def llm_down(json_out: JsonFlag = False) -> None:
+    """Stop the local LLM server."""
+    from serving import llm_server
+
+    stopped = llm_server.down(llm_server.LlmServerConfig.from_env())
+    if json_out:
+        _print_json({"stopped": stopped})
+    else:
+        out.print("stopped" if stopped else "not running")
+
+
+@llm_app.command("status")
+def llm_status(json_out: JsonFlag = False) -> None:
+    """Whether the local LLM server runs, where, and with which model."""
+    from serving import llm_server
+
+    state = llm_server.status(llm_server.LlmServerConfig.from_env())
+    _show_llm(state, json_out)
+    if not state.running:
+        raise typer.Exit(1)
+
+
+def _show_llm(state: Any, json_out: bool) -> None:
+    if json_out:
+        _print_json(asdict(state))
+        return
+    running = "[green]running[/]" if state.running else "[red]not running[/]"
+    out.print(f"LLM server {running} at {state.base_url} (model {state.model or '-'})")
+    out.print(f"  log {state.log_file}")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8088,
+    config: ConfigOption = None,
+) -> None:
+    """Start the answer service's HTTP API (OpenAPI docs at /docs)."""
+    _use_config(config)
+    import uvicorn
+
+    from serving.api import create_app
+    from serving.runtime import build_runtime
+
+    settings = Settings()
+    if not settings.api_tokens:
+        settings = settings.model_copy(update={"api_tokens": _local_tokens(settings)})
+    try:
+        ensure_weaviate(settings)
+        runtime = build_runtime(settings)
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    err.print(
+        f"answer service on http://{host}:{port} (docs at /docs); LLM {settings.llm_base_url}"
+    )
+    try:
+        uvicorn.run(
+            create_app(settings, runtime.service, runtime.ready),
+            host=host,
+            port=port,
+            log_level="warning",
+        )
+    finally:
+        runtime.close()
+
+
+def _local_tokens(settings: Settings) -> dict[str, Any]:
+    """Tokens for a laptop run with none configured: made once, kept in the data directory."""
+    import secrets
+
+    path = settings.data_dir / "api-tokens.json"
+    if path.is_file():
+        tokens = json.loads(path.read_text())
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tokens = {secrets.token_urlsafe(24): "answer", secrets.token_urlsafe(24): "admin"}
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(tokens, indent=2))
+    err.print(
+        f"FRESHKB_API_TOKENS is not set: using the tokens in {path} (answer and admin scopes)"
+    )
+    return dict(tokens)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The customer's question.")],
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Answer for this customer (their records).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=20, help="Passages to retrieve.")] = 5,
+    config: ConfigOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Answer a question from the terminal, as POST /v1/answer does."""
+    _use_config(config)
+    from serving.runtime import build_runtime
+
+    settings = Settings()
+    try:
+        ensure_weaviate(settings)
+        runtime = build_runtime(settings)
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    try:
+        result = runtime.service.answer(question, customer, k)
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    finally:
+        runtime.close()
+    if json_out:
+        _print_json(result.to_dict())
+        return
+    colour = {"normal": "green", "degraded": "yellow", "escalated": "magenta", "refused": "red"}
+    out.print(f"[bold {colour[result.mode]}]{result.mode}[/]", highlight=False)
+    out.print(result.answer, highlight=False, markup=False)
+    for citation in result.citations:
+        page = f" p.{citation.page}" if citation.page else ""
+        out.print(
+            f"  [dim][{citation.label}] {citation.source} / {citation.document}{page} "
+            f"({citation.title})[/]",
+            highlight=False,
+        )
+    for reason in result.reasons:
+        out.print(f"  [dim]why: {reason}[/]", highlight=False, markup=False)
+    if result.escalation_id:
+        out.print(f"  escalation {result.escalation_id}")
+
+
+@escalations_app.command("list")
+def escalations_list(
+    status: Annotated[str | None, typer.Option(help="open or resolved.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List escalated questions, newest first."""
+    from serving.escalations import EscalationStore
+
+    store = EscalationStore(Settings().ledger_database_url)
+    try:
+        items = store.find(status)
+    finally:
+        store.close()
+    if json_out:
+        _print_json([item.to_dict() for item in items])
+        return
+    table = Table("id", "created", "status", "customer", "question", "why")
+    for item in items:
+        table.add_row(
+            item.id,
+            item.created_at.strftime("%Y-%m-%d %H:%M"),
+            item.status,
+            item.customer_id or "-",
+            item.question,
+            "; ".join(item.reasons),
+        )
+    out.print(table)
+
+
+@escalations_app.command("resolve")
+def escalations_resolve(
+    escalation_id: Annotated[str, typer.Argument(help="The escalation's id.")],
+    answer: Annotated[str, typer.Option("--answer", help="The human answer.")],
+    by: Annotated[str, typer.Option("--by", help="Who answered.")] = "agent",
+    json_out: JsonFlag = False,
+) -> None:
+    """Record the human answer to an escalation."""
+    from serving.escalations import EscalationStore
+
+    store = EscalationStore(Settings().ledger_database_url)
+    try:
+        item = store.resolve(escalation_id, answer, by)
+    except FreshkbError as exc:
+        raise _fail(exc) from exc
+    finally:
+        store.close()
+    if json_out:
+        _print_json(item.to_dict())
+    else:
+        out.print(f"resolved {item.id}")
+
+
+@escalations_app.command("export")
+def escalations_export(
+    output: Annotated[Path, typer.Option("--output", help="JSON lines file to write.")],
+) -> None:
+    """Export resolved escalations as evaluation cases (question, truth, ...) in JSON lines."""
+    from serving.escalations import EscalationStore
+
+    store = EscalationStore(Settings().ledger_database_url)
+    try:
+        cases = store.export_cases()
+    finally:
+        store.close()
+    output.write_text("".join(json.dumps(case) + "\n" for case in cases))
+    err.print(f"wrote {len(cases)} evaluation cases to {output}")
 
 
 @app.command("sources")

@@ -89,6 +89,7 @@ class Chunk:
     content_hash: str  # of the whole document: equal hashes mean the document is unchanged
     modified_at: datetime
     customer_id: str | None = None
+    injection_reason: str = ""  # why the chunk reads as instructions to an AI; "" when clean
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ class RunReport:
     documents_failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     chunks_embedded: int = 0
+    chunks_flagged: int = 0  # carry instructions aimed at an AI; kept out of answers
     embeddings_computed: int = 0
     embeddings_cached: int = 0
     objects_written: int = 0

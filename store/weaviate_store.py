@@ -155,6 +155,7 @@ def _properties(kind: SourceKind) -> list[Property]:
         stored("ingested_at", DataType.DATE),
         stored("flow_run_id"),
         stored("model_id"),
+        stored("injection_reason"),
     ]
     if kind is SourceKind.CUSTOMERS:
         props.append(filterable("customer_id"))
@@ -211,6 +212,7 @@ class SearchHit:
     ingested_at: datetime | None
     flow_run_id: str | None
     relevance: float | None = None  # cosine of the hit's vector with the query's
+    injection_reason: str = ""  # set at ingestion when the chunk reads as instructions to an AI
 
 
 class WeaviateStore:
@@ -250,9 +252,18 @@ class WeaviateStore:
                 f"rebuild --kind {kind.value}` to build a new version with the configured model "
                 "(the alias switches to it only when it is complete), or set the model back"
             )
+        self._add_missing_properties(name, kind)
         self._physical[kind] = name
         self._dimension[kind] = dimension
         return name
+
+    def _add_missing_properties(self, name: str, kind: SourceKind) -> None:
+        """Add properties a newer freshkb defines to a collection created by an older one."""
+        collection = self.client.collections.get(name)
+        present = {prop.name for prop in collection.config.get().properties}
+        for prop in _properties(kind):
+            if prop.name not in present:
+                collection.config.add_property(prop)
 
     def use_collection(self, kind: SourceKind, name: str) -> None:
         """Write to and read from `name` instead of the alias target (a rebuild in progress)."""
@@ -668,6 +679,7 @@ class WeaviateStore:
                         relevance=_cosine(
                             vector, obj.vector.get("default") if obj.vector else None
                         ),
+                        injection_reason=str(p.get("injection_reason") or ""),
                     )
                 )
         hits.sort(key=lambda hit: hit.score, reverse=True)
@@ -710,6 +722,7 @@ def _object_properties(
         "ingested_at": ingested_at,
         "flow_run_id": flow_run_id,
         "model_id": model_id,
+        "injection_reason": chunk.injection_reason,
     }
     if chunk.kind is SourceKind.CUSTOMERS:
         props["customer_id"] = chunk.customer_id

@@ -12,10 +12,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["FRESHKB_PROGRESS"] = "0"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # Ports of the test server: away from a developer's own freshkb Weaviate on 8080/50051.
 TEST_HTTP_PORT = int(os.environ.get("FRESHKB_TEST_WEAVIATE_HTTP_PORT", "18080"))
 TEST_GRPC_PORT = int(os.environ.get("FRESHKB_TEST_WEAVIATE_GRPC_PORT", "15051"))
+
+# The test LLM server: away from a developer's own on 8091.
+TEST_LLM_PORT = int(os.environ.get("FRESHKB_TEST_LLM_PORT", "18091"))
 
 _SESSION_ENV_KEYS = (
     "FRESHKB_DATA_DIR",
@@ -57,6 +61,18 @@ def weaviate_settings(freshkb_env: dict[str, str]) -> Iterator[object]:
     server.up(settings)
     yield settings
     server.down(settings)
+
+
+@pytest.fixture(scope="session")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real llama-cpp-python server with SmolLM2-135M for the whole session."""
+    from serving import llm_server
+    from serving.llm_server import LlmServerConfig
+
+    config = LlmServerConfig(port=TEST_LLM_PORT, state_dir=tmp_path_factory.mktemp("llm"))
+    llm_server.up(config)
+    yield config
+    llm_server.down(config)
 
 
 @pytest.fixture(scope="session")

