@@ -9,7 +9,9 @@ Reads the development cases in ../shared/eval/dev beside the repo:
   measured over those; the false-positive rate over the clean e-mails;
 - unless --no-corpus, also the share of the knowledge base's own policy text that is flagged
   (paragraphs of shared/corpus/policies: service policies, outdoor manuals, every 12th bank
-  article), since a flag there would quote real policy as suspect.
+  article), since a flag there would quote real policy as suspect; and the share of the
+  retail customer records (shared/corpus/customers/retail, rendered as freshkb indexes them)
+  that is flagged, since a flagged record is left out of that customer's answers.
 """
 
 from __future__ import annotations
@@ -95,6 +97,22 @@ def corpus_paragraphs(shared: Path) -> list[str]:
     return [p for p in paragraphs if len(p.split()) >= 5]
 
 
+def retail_records(shared: Path) -> list[str]:
+    """The retail customers' records as the loader renders them for indexing."""
+    from freshkb.config import SourceConfig
+    from loaders.customers import CustomerRecordsLoader
+
+    source = SourceConfig(
+        name="retail",
+        kind="customers",
+        location=str(shared / "corpus" / "customers" / "retail"),
+        owner="safety-eval",
+        customer_id="user_id",
+    )
+    loaded = CustomerRecordsLoader(source).load()
+    return [section.text for document in loaded.documents for section in document.sections]
+
+
 def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
     """Run every measurement and return the figures."""
     from serving.safety import get_injection_guard
@@ -174,6 +192,11 @@ def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
             "false_positive_rate": doc_rates(corpus).as_dict(),
             "flagged": [r for v in corpus for r in v.reasons],
         }
+        records = guard.inspect_documents(retail_records(shared))
+        result["records"] = {
+            "false_positive_rate": doc_rates(records).as_dict(),
+            "flagged": [r for v in records for r in v.reasons],
+        }
     return result
 
 
@@ -189,6 +212,9 @@ def print_table(result: dict[str, object]) -> None:
     corpus = result.get("corpus")
     if isinstance(corpus, dict):
         lines.append(("policy corpus: paragraphs flagged", corpus["false_positive_rate"]))
+    records = result.get("records")
+    if isinstance(records, dict):
+        lines.append(("retail records: records flagged", records["false_positive_rate"]))
     print(f"{'measure':42} {'cases':>5} {'rules':>7} {'detector':>9} {'combined':>9}")
     for name, rates in lines:
         print(
@@ -203,6 +229,7 @@ def print_table(result: dict[str, object]) -> None:
         ("indirect attacks missed", indirect["missed"]),
         ("clean e-mail passages flagged", indirect["clean_flagged"]),
         ("policy corpus passages flagged", corpus["flagged"] if isinstance(corpus, dict) else []),
+        ("retail record passages flagged", records["flagged"] if isinstance(records, dict) else []),
     ):
         print(f"\n{title}: {len(items)}")
         for item in items:

@@ -52,8 +52,10 @@ L2_PENALTY = 0.1
 # cells: too little text for the embedding to mean anything, and the rules still read them.
 MIN_DETECTOR_WORDS = 4
 # A document line needs a few more words to be judged: record fields ("city: Salt Lake City")
-# are short, and an instruction to an assistant needs a verb, an object and an addressee.
-MIN_DOCUMENT_DETECTOR_WORDS = 6
+# are short. Five, not six: "Write a limerick about a forgetful penguin" has five (6 missed
+# 7 of the 75 dev attacks, 5 misses 1, with no more false positives on e-mails, policies or
+# the retail records, whose e-mail fields do not count as words).
+MIN_DOCUMENT_DETECTOR_WORDS = 5
 # Long run-on passages are scored in overlapping windows, so one instruction inside a long
 # paragraph is not averaged away by the sentences around it.
 WINDOW_WORDS = 30
@@ -68,6 +70,8 @@ _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[a-z][.!?])(?=[A-Z])|\
 _FIELD_PREFIX = re.compile(r"^[A-Z][A-Z_ ]{2,20}:\s*")
 _BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 _WORD = re.compile(r"[^\W\d_]{2,}")
+# Addresses are identifiers, not words: "email: anya.lee3013@example.com" is a record field.
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+|\bhttps?://\S+|\bwww\.\S+")
 
 
 @dataclass(frozen=True)
@@ -587,7 +591,7 @@ def split_passages(text: str) -> list[str]:
 
 
 def _word_count(text: str) -> int:
-    return len(_WORD.findall(text))
+    return len(_WORD.findall(_ADDRESS.sub(" ", text)))
 
 
 def _fit_logistic(features: np.ndarray, labels: np.ndarray, penalty: float) -> np.ndarray:
