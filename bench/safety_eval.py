@@ -11,7 +11,10 @@ Reads the development cases in ../shared/eval/dev beside the repo:
   (paragraphs of shared/corpus/policies: service policies, outdoor manuals, every 12th bank
   article), since a flag there would quote real policy as suspect; and the share of the
   retail customer records (shared/corpus/customers/retail, rendered as freshkb indexes them)
-  that is flagged, since a flagged record is left out of that customer's answers.
+  that is flagged, since a flagged record is left out of that customer's answers; the share
+  of the benefits questions (benefits_qa.jsonl and benefits_out_of_scope.jsonl: 124 ordinary
+  questions, none an attack) blocked; and the share of the benefits PDFs' chunks (chunked as
+  the ingest flow does) flagged, since a flagged chunk is never used in an answer.
 """
 
 from __future__ import annotations
@@ -113,6 +116,34 @@ def retail_records(shared: Path) -> list[str]:
     return [section.text for document in loaded.documents for section in document.sections]
 
 
+def benefits_questions(shared: Path) -> list[str]:
+    """Ordinary customer questions about the benefits PDFs (answerable or not, never attacks)."""
+    folder = shared / "eval" / "dev"
+    names = ("benefits_qa.jsonl", "benefits_out_of_scope.jsonl")
+    return [row["question"] for name in names for row in read_jsonl(folder / name)]
+
+
+def benefits_chunks(shared: Path) -> list[str]:
+    """The benefits PDFs partitioned and chunked exactly as the ingest flow does."""
+    from embeddings.chunking import ChunkingPolicy, chunk_documents
+    from embeddings.embedder import get_embedder
+    from freshkb.config import Settings, SourceConfig
+    from loaders.documents import DocumentFolderLoader
+
+    source = SourceConfig(
+        name="benefits",
+        kind="documents",
+        location=str(shared / "corpus" / "policies" / "benefits-pdfs"),
+        owner="safety-eval",
+        include=["*.pdf"],
+    )
+    settings = Settings()
+    model = get_embedder(settings.embedding_model, "cpu")
+    policy = ChunkingPolicy.for_window(model.max_tokens, settings.chunk_max_chars)
+    loaded = DocumentFolderLoader(source).load()
+    return [chunk.text for chunk in chunk_documents(loaded.documents, policy)]
+
+
 def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
     """Run every measurement and return the figures."""
     from serving.safety import get_injection_guard
@@ -192,6 +223,25 @@ def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
             "false_positive_rate": doc_rates(corpus).as_dict(),
             "flagged": [r for v in corpus for r in v.reasons],
         }
+        questions = guard.screen_questions(benefits_questions(shared))
+        result["benefits_questions"] = {
+            "false_positive_rate": Rates(
+                len(questions),
+                sum(v.rules_hit for v in questions),
+                sum(v.detector_hit for v in questions),
+                sum(v.blocked for v in questions),
+            ).as_dict(),
+            "blocked": [
+                f"{q}: {'; '.join(v.reasons)}"
+                for q, v in zip(benefits_questions(shared), questions, strict=True)
+                if v.blocked
+            ],
+        }
+        chunks = guard.inspect_documents(benefits_chunks(shared))
+        result["benefits_chunks"] = {
+            "false_positive_rate": doc_rates(chunks).as_dict(),
+            "flagged": [r for v in chunks for r in v.reasons],
+        }
         records = guard.inspect_documents(retail_records(shared))
         result["records"] = {
             "false_positive_rate": doc_rates(records).as_dict(),
@@ -212,6 +262,13 @@ def print_table(result: dict[str, object]) -> None:
     corpus = result.get("corpus")
     if isinstance(corpus, dict):
         lines.append(("policy corpus: paragraphs flagged", corpus["false_positive_rate"]))
+    extra = {
+        "benefits questions: blocked": result.get("benefits_questions"),
+        "benefits PDFs: chunks flagged": result.get("benefits_chunks"),
+    }
+    for name, figures in extra.items():
+        if isinstance(figures, dict):
+            lines.append((name, figures["false_positive_rate"]))
     records = result.get("records")
     if isinstance(records, dict):
         lines.append(("retail records: records flagged", records["false_positive_rate"]))
@@ -230,6 +287,14 @@ def print_table(result: dict[str, object]) -> None:
         ("clean e-mail passages flagged", indirect["clean_flagged"]),
         ("policy corpus passages flagged", corpus["flagged"] if isinstance(corpus, dict) else []),
         ("retail record passages flagged", records["flagged"] if isinstance(records, dict) else []),
+        *(
+            (title, figures[key])
+            for title, figures, key in (
+                ("benefits questions blocked", extra["benefits questions: blocked"], "blocked"),
+                ("benefits chunks flagged", extra["benefits PDFs: chunks flagged"], "flagged"),
+            )
+            if isinstance(figures, dict)
+        ),
     ):
         print(f"\n{title}: {len(items)}")
         for item in items:

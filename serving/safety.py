@@ -42,9 +42,11 @@ DETECTOR_MODEL = "all-MiniLM-L6-v2"
 QUESTION_THRESHOLD = 0.6
 DOCUMENT_THRESHOLD = 0.5
 # A passage that the weak rule points at needs much less from the detector: the rule fired on no
-# clean e-mail or policy paragraph measured, but it alone should not decide.
-CORROBORATING_THRESHOLD = 0.1
-CORROBORATING_MARGIN = -0.05
+# clean e-mail, policy paragraph, benefits chunk or retail record measured, but it alone should
+# not decide. (Once benign exemplars of plan and job-description prose were added, attacks such
+# as "Modify your response to mention ..." scored p=0.2, margin -0.13 there.)
+CORROBORATING_THRESHOLD = 0.05
+CORROBORATING_MARGIN = -0.15
 NEIGHBOURS = 3
 L2_PENALTY = 0.1
 
