@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -359,7 +360,10 @@ def status(config: ConfigOption = None, json_out: JsonFlag = False) -> None:
     if json_out:
         _print_json([state.to_dict() for state in states])
     else:
-        table = Table("source", "kind", "state", "age / SLA", "last success", "last run", "why")
+        table = Table(box=box.SIMPLE_HEAD)
+        for column in ("source", "kind", "state", "age / SLA", "last success", "last run"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("why", overflow="fold", min_width=24)
         for state in states:
             style = STATE_STYLE.get(state.state.value, "")
             age = "-" if state.age_seconds is None else format_duration(state.age_seconds)
@@ -373,7 +377,8 @@ def status(config: ConfigOption = None, json_out: JsonFlag = False) -> None:
                 state.last_status or "-",
                 "; ".join(state.reasons) or "",
             )
-        out.print(table)
+        # Piped into a log or a file, a table 80 columns wide would fold every reason.
+        (out if out.is_terminal else Console(width=200)).print(table)
     if any(not state.usable for state in states):
         raise typer.Exit(1)
 

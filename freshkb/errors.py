@@ -22,5 +22,13 @@ class DataError(FreshkbError):
     """Bad input: the item is skipped and reported, retrying will not help."""
 
 
+class UnsupportedFileType(DataError):
+    """A file of a type the source does not read (a LICENSE, a spreadsheet in a policy folder).
+
+    Reported in the run report like any bad file, but not counted as a file that failed to
+    parse: it was never a candidate, so it cannot trip the gate's failed-share expectation.
+    """
+
+
 class ConfigError(FreshkbError):
     """A setting, file or dependency is wrong or missing; fix the configuration and rerun."""

@@ -60,6 +60,7 @@ class LoadFailure:
     # A record that failed (no customer id, duplicate key) keeps its fields, so validation
     # still sees every record that was pulled, not only the ones that loaded.
     record: dict[str, Any] | None = None
+    unsupported: bool = False  # a file type the source does not read: reported, not gated
 
 
 @dataclass(frozen=True)

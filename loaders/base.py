@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from freshkb.config import SourceConfig
-from freshkb.errors import DataError, TransientError
+from freshkb.errors import DataError, TransientError, UnsupportedFileType
 from freshkb.records import LoadedDocument, LoadFailure, LoadResult
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, item)
@@ -89,6 +89,8 @@ def load_each_file(
             result = load_file(path, relative)
             documents.extend(result.documents)
             failures.extend(result.failures)
+        except UnsupportedFileType as exc:
+            failures.append(LoadFailure(source.name, relative, str(exc), unsupported=True))
         except DataError as exc:
             failures.append(LoadFailure(source.name, relative, str(exc)))
         except Exception as exc:

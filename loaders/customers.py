@@ -17,7 +17,7 @@ from typing import Any
 
 from freshkb import ids
 from freshkb.config import FileOptions, SourceConfig
-from freshkb.errors import ConfigError, DataError, TransientError
+from freshkb.errors import ConfigError, DataError, TransientError, UnsupportedFileType
 from freshkb.records import LoadedDocument, LoadFailure, LoadResult, Section, SourceKind
 from loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
 
@@ -194,8 +194,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of one file, as dicts of plain values."""
     suffix = path.suffix.lower()
     if suffix not in RECORD_FORMATS:
-        raise DataError(
-            f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(RECORD_FORMATS)}"
+        raise UnsupportedFileType(
+            f"unsupported file type {suffix or '(none)'!r}, skipped; supported: "
+            f"{', '.join(RECORD_FORMATS)} (narrow the source's `include` globs to leave it out)"
         )
     data = path.read_bytes()
     if not data.strip():

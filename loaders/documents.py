@@ -15,7 +15,7 @@ from typing import Any
 
 from freshkb import ids
 from freshkb.config import SourceConfig
-from freshkb.errors import DataError
+from freshkb.errors import DataError, UnsupportedFileType
 from freshkb.records import LoadedDocument, LoadResult, Section, SourceKind
 from loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
 from loaders.nlp_model import install_offline_spacy_model
@@ -55,7 +55,10 @@ class DocumentFolderLoader:
     def _load_file(self, path: Path, relative: str) -> list[LoadedDocument]:
         suffix = path.suffix.lower()
         if suffix not in TEXT_FORMATS and suffix not in BINARY_FORMATS:
-            raise DataError(f"unsupported file type {suffix or '(none)'!r}; supported: {SUPPORTED}")
+            raise UnsupportedFileType(
+                f"unsupported file type {suffix or '(none)'!r}, skipped; supported: {SUPPORTED} "
+                "(narrow the source's `include` globs to leave it out of the report)"
+            )
         try:
             data = path.read_bytes()
         except OSError as exc:

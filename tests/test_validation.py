@@ -171,6 +171,30 @@ def test_too_many_unreadable_files_fail_the_gate(tmp_path):
     assert gate(lenient).success
 
 
+def test_failed_share_names_the_files_and_ignores_unsupported_types(tmp_path):
+    for n in range(3):
+        (tmp_path / f"good{n}.md").write_text(f"# Policy {n}\n\nText of policy {n}.\n")
+    (tmp_path / "truncated.pdf").write_bytes(b"%PDF-1.7\n1 0 obj")
+    (tmp_path / "empty.docx").write_bytes(b"")
+    # Licence files and notes sit beside real documents in knowledge folders; they are
+    # reported, but do not count as files that failed to parse.
+    (tmp_path / "LICENSE").write_text("MIT License")
+    (tmp_path / "NOTES.tau-bench").write_text("where these came from")
+    source = SourceConfig.model_validate(
+        {"name": "kb", "kind": "documents", "location": str(tmp_path)}
+    )
+    loaded = loader_for(source).load()
+    assert {f.item for f in loaded.failures if f.unsupported} == {"LICENSE", "NOTES.tau-bench"}
+    outcome = gate(source)
+    assert not outcome.success
+    assert "2 of 5 values fail" in outcome.failures[0], outcome.failures
+    assert "truncated.pdf (" in outcome.failures[0] and "empty.docx (" in outcome.failures[0]
+    assert "False" not in outcome.failures[0], "the failing files are named, not their value"
+    for n in range(3, 6):  # 2 of 8 candidates failing is within 25%; counted with the two
+        (tmp_path / f"good{n}.md").write_text(f"# Policy {n}\n\nMore.\n")  # others: 4 of 10
+    assert gate(source).success
+
+
 def test_empty_source_fails_the_document_count(tmp_path):
     source = SourceConfig.model_validate(
         {"name": "kb", "kind": "documents", "location": str(tmp_path)}

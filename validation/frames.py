@@ -60,6 +60,8 @@ def build_frames(source: SourceConfig, loaded: LoadResult) -> ValidationFrames:
                 | {"_loaded": True}
             )
     for failure in loaded.failures:
+        if failure.unsupported:  # never a candidate: in the run report, not in the failed share
+            continue
         item_rows.append({"item": failure.item, "loaded": False, "reason": failure.reason})
         if failure.record is not None:
             record = dict(failure.record)

@@ -202,7 +202,7 @@ def validate_load(
         results.append(data)
 
     failures = [
-        f"{res['freshkb_frame']}: {describe(item)}"
+        f"{res['freshkb_frame']}: {describe(item, tables[res['freshkb_frame']])}"
         for res in results
         for item in res["results"]
         if not item["success"]
@@ -221,8 +221,12 @@ def validate_load(
     return outcome
 
 
-def describe(item: dict[str, Any]) -> str:
-    """A failed GX expectation result in words: what was expected and what was seen."""
+def describe(item: dict[str, Any], frame: pd.DataFrame | None = None) -> str:
+    """A failed GX expectation result in words: what was expected and what was seen.
+
+    With the validated frame at hand, failing rows of the items frame are named by their item
+    (file or record) and reason rather than by their value, which is only ever `False` there.
+    """
     config = item["expectation_config"]
     kind = config["type"]
     kwargs = config.get("kwargs", {})
@@ -236,6 +240,17 @@ def describe(item: dict[str, Any]) -> str:
     if "unexpected_count" in result:
         sample = result.get("partial_unexpected_list") or []
         shown = ", ".join(repr(v) for v in sample[:3])
+        rows = result.get("partial_unexpected_index_list") or []
+        if frame is not None and "item" in frame.columns and rows:
+            shown = (
+                "; ".join(
+                    f"{frame.at[row, 'item']}"
+                    + (f" ({frame.at[row, 'reason']})" if "reason" in frame.columns else "")
+                    for row in rows[:3]
+                    if row in frame.index
+                )
+                or shown
+            )
         return (
             f"{subject} ({kind}): {result['unexpected_count']} of {result.get('element_count')} "
             f"values fail" + (f", e.g. {shown}" if shown else "")
