@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from freshkb.config import Settings, SourceConfig, config_file_path, load_sources
@@ -45,7 +46,7 @@ ConfigOption = Annotated[
 
 
 def _fail(exc: FreshkbError, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     return typer.Exit(code)
 
 
@@ -280,11 +281,13 @@ def _show_report(report: dict[str, Any]) -> None:
     table.add_row("flow run", str(report["flow_run_id"]))
     out.print(table)
     for failure in validation.get("failures", []):
-        out.print(f"  [red]expectation failed[/] {failure}", highlight=False, markup=False)
+        out.print(f"  [red]expectation failed[/] {escape(failure)}", highlight=False)
     for failure in report["failures"]:
-        out.print(f"  [yellow]failed[/] {failure['item']}: {failure['reason']}", highlight=False)
+        item, reason = escape(failure["item"]), escape(failure["reason"])
+        out.print(f"  [yellow]failed[/] {item}: {reason}", highlight=False)
     for failure in report["objects_failed"][:20]:
-        out.print(f"  [red]write failed[/] {failure['uuid']}: {failure['reason']}", highlight=False)
+        reason = escape(failure["reason"])
+        out.print(f"  [red]write failed[/] {failure['uuid']}: {reason}", highlight=False)
 
 
 # -- search -----------------------------------------------------------------------------------
@@ -330,7 +333,7 @@ def search(
             f"[bold]{rank}. {hit.title}[/]  [dim]{where}  score {hit.score:.3f}[/]", highlight=False
         )
         if hit.section_title and not hit.text.lstrip().startswith(hit.section_title):
-            out.print(f"   [italic]{hit.section_title}[/]", highlight=False)
+            out.print(f"   [italic]{escape(hit.section_title)}[/]", highlight=False)
         out.print(hit.text.strip(), highlight=False, markup=False)
         out.print()
 
@@ -497,7 +500,7 @@ def rebuild(kind: KindOption, config: ConfigOption = None, json_out: JsonFlag = 
                 f"previous {summary.get('previous')} kept for `freshkb rollback`"
             )
         else:
-            out.print(f"[red]not promoted[/]: {summary.get('error')}", highlight=False)
+            out.print(f"[red]not promoted[/]: {escape(str(summary.get('error')))}", highlight=False)
     if not summary["promoted"]:
         raise typer.Exit(1)
 
@@ -648,12 +651,12 @@ def ask(
     for citation in result.citations:
         page = f" p.{citation.page}" if citation.page else ""
         out.print(
-            f"  [dim][{citation.label}] {citation.source} / {citation.document}{page} "
-            f"({citation.title})[/]",
+            f"  [dim]{escape(f'[{citation.label}] {citation.source} / {citation.document}')}"
+            f"{page} ({escape(citation.title)})[/]",
             highlight=False,
         )
     for reason in result.reasons:
-        out.print(f"  [dim]why: {reason}[/]", highlight=False, markup=False)
+        out.print(f"  [dim]why: {escape(reason)}[/]", highlight=False)
     if result.escalation_id:
         out.print(f"  escalation {result.escalation_id}")
 

@@ -153,3 +153,15 @@ def test_managed_server_binds_loopback_only_with_ports_derived_from_http_port():
     ]
     assert len(set(ports)) == 5
     assert "8080" not in ports and "50051" not in ports
+
+
+def test_cli_errors_keep_bracketed_text_of_paths_and_reasons(tmp_path):
+    from typer.testing import CliRunner
+
+    from freshkb.cli import app
+
+    missing = tmp_path / "[eu-west]" / "freshkb.yaml"
+    result = CliRunner().invoke(app, ["sources", "--config", str(missing)])
+    assert result.exit_code == 2
+    # Rich markup used to swallow "[eu-west]" and print a path that does not exist.
+    assert "[eu-west]" in result.output.replace("\n", ""), result.output
