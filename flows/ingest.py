@@ -88,10 +88,27 @@ class ModelInfo:
     max_tokens: int
 
 
+@task(name="indexed", **TASK_OPTIONS)
+def indexed_task(settings: Settings, source: SourceConfig, target: str | None) -> dict[str, str]:
+    """Document id -> content hash of this source's documents the index holds completely.
+
+    Lets the load skip parsing files that have not changed; customer records are cheap to read
+    and are not skipped.
+    """
+    if source.kind is not SourceKind.DOCUMENTS:
+        return {}
+    with _store(settings, source.kind, target) as store:
+        stored = store.stored_documents(source.name, source.kind)
+    return {doc_id: doc.content_hash for doc_id, doc in stored.items() if doc.complete}
+
+
 @task(name="load", **TASK_OPTIONS)
-def load_task(source: SourceConfig) -> LoadResult:
-    """Pull every document or record of a source; bad items become failures."""
-    loader = loader_for(source)
+def load_task(source: SourceConfig, indexed: dict[str, str] | None = None) -> LoadResult:
+    """Pull every document or record of a source; bad items become failures.
+
+    Files whose bytes hash as in `indexed` come back unparsed (see DocumentFolderLoader).
+    """
+    loader = loader_for(source, indexed)
     loader.precheck()
     with stage_progress(f"load {source.name}") as advance:
         return loader.load(lambda done, total, item: advance(done, total))
@@ -300,8 +317,10 @@ def ingest_source(
         timed("model", started)
 
         started = time.perf_counter()
-        loaded = load_task(config)
+        indexed = indexed_task(settings, config, target_collection)
+        loaded = load_task(config, indexed)
         timed("load", started)
+        report.documents_reused = sum(1 for d in loaded.documents if d.metadata.get("reused"))
         report.documents_seen = len(loaded.documents) + len(loaded.failures)
         report.documents_failed = len(loaded.failures)
         report.failures = [{"item": f.item, "reason": f.reason} for f in loaded.failures]

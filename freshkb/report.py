@@ -19,6 +19,7 @@ class RunReport:
     documents_new: int = 0
     documents_changed: int = 0
     documents_unchanged: int = 0
+    documents_reused: int = 0  # unchanged files not parsed again (their hash matched the index)
     documents_deleted: int = 0
     documents_failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -51,7 +52,8 @@ class RunReport:
             ("documents seen", self.documents_seen),
             (
                 "new / changed / unchanged",
-                f"{self.documents_new} / {self.documents_changed} / {self.documents_unchanged}",
+                f"{self.documents_new} / {self.documents_changed} / {self.documents_unchanged}"
+                + (f" ({self.documents_reused} not parsed again)" if self.documents_reused else ""),
             ),
             ("deleted", self.documents_deleted),
             ("failed", self.documents_failed),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from freshkb.config import SourceConfig
 from freshkb.records import SourceKind
 from loaders.base import Loader, ProgressCallback
@@ -17,8 +19,9 @@ __all__ = [
 ]
 
 
-def loader_for(source: SourceConfig) -> Loader:
-    """The loader for a source's kind."""
+def loader_for(source: SourceConfig, indexed: Mapping[str, str] | None = None) -> Loader:
+    """The loader for a source's kind; `indexed` (document id -> content hash of documents the
+    index holds completely) lets the documents loader skip re-parsing unchanged files."""
     if source.kind is SourceKind.DOCUMENTS:
-        return DocumentFolderLoader(source)
+        return DocumentFolderLoader(source, indexed)
     return CustomerRecordsLoader(source)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,12 @@ ARTICLE_KEYS = ("id", "title", "content")
 class DocumentFolderLoader:
     """Loads every supported file of a folder (recursively) as one document each."""
 
-    def __init__(self, source: SourceConfig):
+    def __init__(self, source: SourceConfig, indexed: Mapping[str, str] | None = None):
         self.source = source
+        # document id -> content hash of the documents the index holds completely. A file whose
+        # bytes still hash the same is not partitioned again: the sync plan will leave it as
+        # it is, so its text would only be thrown away (PDFs are most of an unchanged run).
+        self.indexed = dict(indexed or {})
 
     def precheck(self) -> None:
         """The folder must exist."""
@@ -65,6 +69,9 @@ class DocumentFolderLoader:
             raise DataError(f"unreadable ({exc.strerror}); check its permissions") from exc
         if not data:
             raise DataError("empty file (0 bytes); remove it or upload the full document")
+        document_id = ids.document_id(self.source.name, relative)
+        if self.indexed.get(document_id) == ids.content_hash(data):
+            return [self._reused(relative, path, data)]
         if suffix in BINARY_FORMATS:
             sections = _partition_binary(BINARY_FORMATS[suffix], path, data, self.source)
             return [self._document(relative, path, data, sections, {"file_type": suffix[1:]})]
@@ -101,6 +108,24 @@ class DocumentFolderLoader:
                 **metadata,
                 "size_bytes": len(data),
                 **({"page_count": max(pages)} if pages else {}),
+            },
+        )
+
+    def _reused(self, key: str, path: Path, data: bytes) -> LoadedDocument:
+        """An unchanged, completely indexed file, not parsed again (no sections)."""
+        return LoadedDocument(
+            source=self.source.name,
+            kind=SourceKind.DOCUMENTS,
+            document_id=ids.document_id(self.source.name, key),
+            key=key,
+            title=path.stem[:300],
+            content_hash=ids.content_hash(data),
+            modified_at=modified_time(path),
+            sections=(),
+            metadata={
+                "file_type": path.suffix.lower()[1:],
+                "size_bytes": len(data),
+                "reused": True,
             },
         )
 

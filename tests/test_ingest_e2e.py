@@ -129,6 +129,8 @@ def test_unchanged_corpus_reingest_writes_nothing(store, prefect_harness, corpus
     again = ingest_source(source_config=documents_source(corpus_copy))
     assert again["status"] == "completed"
     assert again["documents_unchanged"] == 3
+    assert first["documents_reused"] == 0
+    assert again["documents_reused"] == 3, "unchanged files are not partitioned again"
     assert again["documents_new"] == again["documents_changed"] == 0
     assert again["chunks_embedded"] == again["embeddings_computed"] == 0
     assert again["objects_written"] == again["objects_deleted"] == 0
@@ -156,7 +158,7 @@ def test_editing_one_file_rewrites_only_its_chunks(store, prefect_harness, corpu
     )
     report = ingest_source(source_config=documents_source(corpus_copy))
     assert report["documents_changed"] == 1
-    assert report["documents_unchanged"] == 2
+    assert report["documents_unchanged"] == report["documents_reused"] == 2
     after = stored_objects(store)
     rewritten = {u for u, o in after.items() if o["flow_run_id"] == report["flow_run_id"]}
     assert {after[u]["document_key"] for u in rewritten} == {"shipping.md"}
