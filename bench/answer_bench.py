@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -28,6 +27,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from throwaway import use_throwaway_environment  # noqa: E402
 
 QUESTIONS = [
     "Can I return boots I have not worn?",
@@ -79,19 +80,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="freshkb-answer-bench-"))
-    os.environ.update(
-        {
-            "FRESHKB_DATA_DIR": str(work / "data"),
-            "FRESHKB_WEAVIATE_HTTP_PORT": "28080",
-            "FRESHKB_WEAVIATE_GRPC_PORT": "25051",
-            "FRESHKB_PROGRESS": "0",
-            "FRESHKB_CONFIG": str(ROOT / "freshkb.yaml"),
-            "HF_HUB_OFFLINE": "1",
-            "PREFECT_HOME": str(work / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-    )
-    os.environ.pop("WEAVIATE_URL", None)
+    use_throwaway_environment(work, ROOT / "freshkb.yaml")
     import httpx
 
     from flows.ingest import ingest_all

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -27,6 +26,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from throwaway import use_throwaway_environment  # noqa: E402
 
 TRUTH_CITATION = re.compile(r"\[([^\]#]+\.pdf)#page=(\d+)\]")
 ANSWERED = ("normal", "degraded")
@@ -100,19 +101,7 @@ def main() -> int:
     oos = read_cases(shared / "eval/dev/benefits_out_of_scope.jsonl")
 
     work = Path(tempfile.mkdtemp(prefix="freshkb-quality-"))
-    os.environ.update(
-        {
-            "FRESHKB_DATA_DIR": str(work / "data"),
-            "FRESHKB_WEAVIATE_HTTP_PORT": "28080",
-            "FRESHKB_WEAVIATE_GRPC_PORT": "25051",
-            "FRESHKB_PROGRESS": os.environ.get("FRESHKB_PROGRESS", "0"),
-            "FRESHKB_CONFIG": str(work / "none.yaml"),
-            "HF_HUB_OFFLINE": "1",
-            "PREFECT_HOME": str(work / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-    )
-    os.environ.pop("WEAVIATE_URL", None)
+    use_throwaway_environment(work, work / "none.yaml")
     from flows.ingest import ingest_source
     from freshkb.config import Settings
     from serving.runtime import build_runtime

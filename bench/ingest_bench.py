@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from throwaway import use_throwaway_environment  # noqa: E402
 
 
 def main() -> int:
@@ -34,17 +35,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="freshkb-bench-"))
-    os.environ.update(
-        {
-            "FRESHKB_DATA_DIR": str(work / "data"),
-            "FRESHKB_WEAVIATE_HTTP_PORT": "28080",
-            "FRESHKB_WEAVIATE_GRPC_PORT": "25051",
-            "FRESHKB_PROGRESS": os.environ.get("FRESHKB_PROGRESS", "0"),
-            "HF_HUB_OFFLINE": "1",
-            "PREFECT_HOME": str(work / "prefect"),
-        }
-    )
-    os.environ.pop("WEAVIATE_URL", None)
+    use_throwaway_environment(work)
     source_dir = work / "source"
     shutil.copytree(args.folder, source_dir)
 

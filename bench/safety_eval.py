@@ -223,7 +223,8 @@ def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
             "false_positive_rate": doc_rates(corpus).as_dict(),
             "flagged": [r for v in corpus for r in v.reasons],
         }
-        questions = guard.screen_questions(benefits_questions(shared))
+        asked = benefits_questions(shared)
+        questions = guard.screen_questions(asked)
         result["benefits_questions"] = {
             "false_positive_rate": Rates(
                 len(questions),
@@ -233,7 +234,7 @@ def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
             ).as_dict(),
             "blocked": [
                 f"{q}: {'; '.join(v.reasons)}"
-                for q, v in zip(benefits_questions(shared), questions, strict=True)
+                for q, v in zip(asked, questions, strict=True)
                 if v.blocked
             ],
         }

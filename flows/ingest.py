@@ -88,18 +88,23 @@ class ModelInfo:
     max_tokens: int
 
 
-@task(name="indexed", **TASK_OPTIONS)
-def indexed_task(settings: Settings, source: SourceConfig, target: str | None) -> dict[str, str]:
-    """Document id -> content hash of this source's documents the index holds completely.
+@task(name="index-state", **TASK_OPTIONS)
+def index_state_task(
+    settings: Settings,
+    source: SourceConfig,
+    model: ModelInfo,
+    flow_run_id: str,
+    target: str | None,
+) -> dict[str, StoredDocument]:
+    """What the index (the live one, or `target`) holds for this source, per document.
 
-    Lets the load skip parsing files that have not changed; customer records are cheap to read
-    and are not skipped.
+    Also makes sure the live collection exists and was built with the configured model. Read
+    once per run: the load uses it to skip unchanged files, the plan to compare against.
     """
-    if source.kind is not SourceKind.DOCUMENTS:
-        return {}
     with _store(settings, source.kind, target) as store:
-        stored = store.stored_documents(source.name, source.kind)
-    return {doc_id: doc.content_hash for doc_id, doc in stored.items() if doc.complete}
+        if target is None:
+            store.ensure_schema(source.kind, model.model_id, model.dimension, flow_run_id)
+        return store.stored_documents(source.name, source.kind)
 
 
 @task(name="load", **TASK_OPTIONS)
@@ -116,21 +121,9 @@ def load_task(source: SourceConfig, indexed: dict[str, str] | None = None) -> Lo
 
 @task(name="plan", **TASK_OPTIONS)
 def plan_task(
-    settings: Settings,
-    source: SourceConfig,
-    loaded: LoadResult,
-    model: ModelInfo,
-    flow_run_id: str,
-    target: str | None,
+    source: SourceConfig, loaded: LoadResult, stored: dict[str, StoredDocument]
 ) -> SyncPlan:
-    """Compare the load with what the index holds for this source (the live one, or `target`).
-
-    Also makes sure the live collection exists and was built with the configured model.
-    """
-    with _store(settings, source.kind, target) as store:
-        if target is None:
-            store.ensure_schema(source.kind, model.model_id, model.dimension, flow_run_id)
-        stored = store.stored_documents(source.name, source.kind)
+    """Compare the load with what the index holds for this source."""
     return plan_sync(source.name, loaded.documents, loaded.failures, stored)
 
 
@@ -317,8 +310,9 @@ def ingest_source(
         timed("model", started)
 
         started = time.perf_counter()
-        indexed = indexed_task(settings, config, target_collection)
-        loaded = load_task(config, indexed)
+        stored = index_state_task(settings, config, model, run_id, target_collection)
+        complete = {doc_id: doc.content_hash for doc_id, doc in stored.items() if doc.complete}
+        loaded = load_task(config, complete)
         timed("load", started)
         report.documents_reused = sum(1 for d in loaded.documents if d.metadata.get("reused"))
         report.documents_seen = len(loaded.documents) + len(loaded.failures)
@@ -326,7 +320,7 @@ def ingest_source(
         report.failures = [{"item": f.item, "reason": f.reason} for f in loaded.failures]
 
         started = time.perf_counter()
-        plan = plan_task(settings, config, loaded, model, run_id, target_collection)
+        plan = plan_task(config, loaded, stored)
         timed("plan", started)
         report.documents_new = len(plan.new)
         report.documents_changed = len(plan.changed)

@@ -69,9 +69,9 @@ class DocumentFolderLoader:
             raise DataError(f"unreadable ({exc.strerror}); check its permissions") from exc
         if not data:
             raise DataError("empty file (0 bytes); remove it or upload the full document")
-        document_id = ids.document_id(self.source.name, relative)
-        if self.indexed.get(document_id) == ids.content_hash(data):
-            return [self._reused(relative, path, data)]
+        content_hash = ids.content_hash(data)
+        if self.indexed.get(ids.document_id(self.source.name, relative)) == content_hash:
+            return [self._reused(relative, path, len(data), content_hash)]
         if suffix in BINARY_FORMATS:
             sections = _partition_binary(BINARY_FORMATS[suffix], path, data, self.source)
             return [self._document(relative, path, data, sections, {"file_type": suffix[1:]})]
@@ -111,7 +111,7 @@ class DocumentFolderLoader:
             },
         )
 
-    def _reused(self, key: str, path: Path, data: bytes) -> LoadedDocument:
+    def _reused(self, key: str, path: Path, size: int, content_hash: str) -> LoadedDocument:
         """An unchanged, completely indexed file, not parsed again (no sections)."""
         return LoadedDocument(
             source=self.source.name,
@@ -119,12 +119,12 @@ class DocumentFolderLoader:
             document_id=ids.document_id(self.source.name, key),
             key=key,
             title=path.stem[:300],
-            content_hash=ids.content_hash(data),
+            content_hash=content_hash,
             modified_at=modified_time(path),
             sections=(),
             metadata={
                 "file_type": path.suffix.lower()[1:],
-                "size_bytes": len(data),
+                "size_bytes": size,
                 "reused": True,
             },
         )
