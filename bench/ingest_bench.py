@@ -40,7 +40,9 @@ def main() -> int:
     shutil.copytree(args.folder, source_dir)
 
     from flows.ingest import ingest_source
-    from freshkb.config import Settings
+    from freshkb.config import Settings, SourceConfig
+    from loaders.base import list_files
+    from loaders.documents import BINARY_FORMATS, TEXT_FORMATS
     from store import server
 
     settings = Settings()
@@ -56,7 +58,12 @@ def main() -> int:
             started = time.perf_counter()
             report = ingest_source(source_config=config)
             runs[label] = (time.perf_counter() - started, report)
-        victim = sorted(p for p in source_dir.rglob("*") if p.is_file())[0]
+        # The first file the source reads: not one outside --include, nor an unsupported one.
+        victim = sorted(
+            path
+            for path, _ in list_files(SourceConfig.model_validate(config))
+            if path.suffix.lower() in {*TEXT_FORMATS, *BINARY_FORMATS}
+        )[0]
         with victim.open("ab") as handle:  # one more byte: a new content hash
             handle.write(b"\n")
         started = time.perf_counter()
