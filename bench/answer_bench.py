@@ -83,12 +83,12 @@ def main() -> int:
     use_throwaway_environment(work, ROOT / "freshkb.yaml")
     import httpx
 
-    from flows.ingest import ingest_all
-    from freshkb.config import Settings
-    from serving import llm_server
-    from serving.api import create_app
-    from serving.runtime import build_runtime
-    from store import server
+    from freshkb.flows.ingest import ingest_all
+    from freshkb.core.config import Settings
+    from freshkb.serving import llm_server
+    from freshkb.serving.api import create_app
+    from freshkb.serving.runtime import build_runtime
+    from freshkb.store import server
 
     settings = Settings(api_tokens={TOKEN: "answer"})
     llm = llm_server.LlmServerConfig(port=28091, state_dir=work / "llm")

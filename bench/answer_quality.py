@@ -102,10 +102,10 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="freshkb-quality-"))
     use_throwaway_environment(work, work / "none.yaml")
-    from flows.ingest import ingest_source
-    from freshkb.config import Settings
-    from serving.runtime import build_runtime
-    from store import server
+    from freshkb.flows.ingest import ingest_source
+    from freshkb.core.config import Settings
+    from freshkb.serving.runtime import build_runtime
+    from freshkb.store import server
 
     settings = Settings(llm_base_url="http://127.0.0.1:9/v1", llm_breaker_cooldown=3600)
     server.up(settings)

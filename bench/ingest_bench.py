@@ -39,11 +39,11 @@ def main() -> int:
     source_dir = work / "source"
     shutil.copytree(args.folder, source_dir)
 
-    from flows.ingest import ingest_source
-    from freshkb.config import Settings, SourceConfig
-    from loaders.base import list_files
-    from loaders.documents import BINARY_FORMATS, TEXT_FORMATS
-    from store import server
+    from freshkb.flows.ingest import ingest_source
+    from freshkb.core.config import Settings, SourceConfig
+    from freshkb.loaders.base import list_files
+    from freshkb.loaders.documents import BINARY_FORMATS, TEXT_FORMATS
+    from freshkb.store import server
 
     settings = Settings()
     started = time.perf_counter()

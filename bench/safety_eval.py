@@ -102,8 +102,8 @@ def corpus_paragraphs(shared: Path) -> list[str]:
 
 def retail_records(shared: Path) -> list[str]:
     """The retail customers' records as the loader renders them for indexing."""
-    from freshkb.config import SourceConfig
-    from loaders.customers import CustomerRecordsLoader
+    from freshkb.core.config import SourceConfig
+    from freshkb.loaders.customers import CustomerRecordsLoader
 
     source = SourceConfig(
         name="retail",
@@ -125,10 +125,10 @@ def benefits_questions(shared: Path) -> list[str]:
 
 def benefits_chunks(shared: Path) -> list[str]:
     """The benefits PDFs partitioned and chunked exactly as the ingest flow does."""
-    from embeddings.chunking import ChunkingPolicy, chunk_documents
-    from embeddings.embedder import get_embedder
-    from freshkb.config import Settings, SourceConfig
-    from loaders.documents import DocumentFolderLoader
+    from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
+    from freshkb.embeddings.embedder import get_embedder
+    from freshkb.core.config import Settings, SourceConfig
+    from freshkb.loaders.documents import DocumentFolderLoader
 
     source = SourceConfig(
         name="benefits",
@@ -146,7 +146,7 @@ def benefits_chunks(shared: Path) -> list[str]:
 
 def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
     """Run every measurement and return the figures."""
-    from serving.safety import get_injection_guard
+    from freshkb.serving.safety import get_injection_guard
 
     folder = dev_dir(shared)
     started = time.perf_counter()

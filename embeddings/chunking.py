@@ -18,8 +18,8 @@ from unstructured.documents.elements import (
     Text,
 )
 
-from freshkb import ids
-from freshkb.records import Chunk, LoadedDocument, Section, SourceKind
+from freshkb.core import ids
+from freshkb.core.records import Chunk, LoadedDocument, Section, SourceKind
 
 # Characters per token of English prose for WordPiece/BPE tokenizers, rounded down so a full
 # chunk stays inside the model window instead of being silently truncated by the encoder.

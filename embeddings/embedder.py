@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from freshkb.errors import ConfigError
+from freshkb.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

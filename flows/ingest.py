@@ -26,28 +26,29 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from embeddings.cache import VectorCache
-from embeddings.chunking import ChunkingPolicy, chunk_documents
-from embeddings.embed import EmbedStats, embed_chunks
-from embeddings.embedder import get_embedder
-from freshkb.config import Settings, SourceConfig, get_source, load_sources
-from freshkb.errors import ConfigError, DataError, FreshkbError, TransientError
-from freshkb.progress import stage_progress
-from freshkb.records import (
+from freshkb.embeddings.cache import VectorCache
+from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
+from freshkb.embeddings.embed import EmbedStats, embed_chunks
+from freshkb.embeddings.embedder import get_embedder
+from freshkb.core.config import Settings, SourceConfig, get_source, load_sources
+from freshkb.core.errors import ConfigError, DataError, FreshkbError, TransientError
+from freshkb.core.progress import stage_progress
+from freshkb.core.records import (
     Chunk,
     EmbeddedChunk,
     LoadedDocument,
     LoadResult,
     SourceKind,
     StoredDocument,
+    SyncPlan,
 )
-from freshkb.report import RunReport
-from loaders import loader_for
-from store.ledger import Ledger
-from store.sync import SyncPlan, plan_sync
-from store.weaviate_store import WeaviateStore, WriteResult, connect
-from validation.breaker import check_deletions
-from validation.gate import ValidationOutcome, validate_load
+from freshkb.core.report import RunReport
+from freshkb.loaders import loader_for
+from freshkb.store.ledger import Ledger
+from freshkb.store.sync import plan_sync
+from freshkb.store.weaviate_store import WeaviateStore, WriteResult, connect
+from freshkb.validation.breaker import check_deletions
+from freshkb.validation.gate import ValidationOutcome, validate_load
 
 
 def _only_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -157,7 +158,7 @@ def screen_task(chunks: list[Chunk]) -> list[Chunk]:
     Flagged chunks are still stored, so search and audits see them, but carry the reason; the
     answer path never puts them in front of the LLM.
     """
-    from serving.safety import get_injection_guard
+    from freshkb.serving.safety import get_injection_guard
 
     verdicts = get_injection_guard().inspect_documents([chunk.text for chunk in chunks])
     return [

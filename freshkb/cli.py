@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from freshkb.config import Settings, SourceConfig, config_file_path, load_sources
-from freshkb.errors import ConfigError, FreshkbError
-from freshkb.records import SourceKind
+from freshkb.core.config import Settings, SourceConfig, config_file_path, load_sources
+from freshkb.core.errors import ConfigError, FreshkbError
+from freshkb.core.records import SourceKind
 
 # Models are read from installed packages or local paths; never reach for a hub implicitly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,7 +61,7 @@ def _print_json(data: Any) -> None:
 
 def ensure_weaviate(settings: Settings) -> None:
     """Start the managed Weaviate if freshkb is meant to run it and it is not running."""
-    from store import server
+    from freshkb.store import server
 
     if settings.weaviate_url:
         return
@@ -79,7 +79,7 @@ def ensure_weaviate(settings: Settings) -> None:
 @weaviate_app.command("up")
 def weaviate_up(json_out: JsonFlag = False) -> None:
     """Build (first time only) and start Weaviate on 127.0.0.1; wait until it is ready."""
-    from store import server
+    from freshkb.store import server
 
     settings = Settings()
     try:
@@ -99,7 +99,7 @@ def weaviate_up(json_out: JsonFlag = False) -> None:
 @weaviate_app.command("down")
 def weaviate_down(json_out: JsonFlag = False) -> None:
     """Stop the managed Weaviate (its data stays in the data directory)."""
-    from store import server
+    from freshkb.store import server
 
     stopped = server.down(Settings())
     if json_out:
@@ -111,7 +111,7 @@ def weaviate_down(json_out: JsonFlag = False) -> None:
 @weaviate_app.command("status")
 def weaviate_status(json_out: JsonFlag = False) -> None:
     """Show whether Weaviate is running, where, and which version."""
-    from store import server
+    from freshkb.store import server
 
     status = server.status(Settings())
     _show_status(status, json_out)
@@ -181,7 +181,7 @@ def ingest(
     except FreshkbError as exc:
         raise _fail(exc) from exc
 
-    from flows.ingest import ingest_source
+    from freshkb.flows.ingest import ingest_source
 
     reports = [
         ingest_source(source_config=s.model_dump(mode="json"), allow_mass_delete=allow_mass_delete)
@@ -219,7 +219,7 @@ def _selected_sources(
             raise ConfigError(f"{config_file_path()} declares no sources")
         return sources
     if name is not None:
-        from freshkb.config import get_source
+        from freshkb.core.config import get_source
 
         return [get_source(name)]
     if kind is None or path is None:
@@ -305,8 +305,8 @@ def search(
 ) -> None:
     """Hybrid search of the index (policy chunks, plus one customer's records with --customer)."""
     _use_config(config)
-    from embeddings.embedder import get_embedder
-    from store.weaviate_store import WeaviateStore, connect
+    from freshkb.embeddings.embedder import get_embedder
+    from freshkb.store.weaviate_store import WeaviateStore, connect
 
     settings = Settings()
     try:
@@ -347,8 +347,8 @@ STATE_STYLE = {"fresh": "green", "stale": "yellow", "failed": "red", "never sync
 def status(config: ConfigOption = None, json_out: JsonFlag = False) -> None:
     """Freshness of every source: age against its SLA, state, last failure (from the ledger)."""
     _use_config(config)
-    from freshkb.config import format_duration
-    from store.ledger import Ledger
+    from freshkb.core.config import format_duration
+    from freshkb.store.ledger import Ledger
 
     settings = Settings()
     try:
@@ -400,7 +400,7 @@ def versions(
     json_out: JsonFlag = False,
 ) -> None:
     """List the index versions behind each alias: model, objects, created, flow run, live."""
-    from store.weaviate_store import WeaviateStore, connect
+    from freshkb.store.weaviate_store import WeaviateStore, connect
 
     settings = Settings()
     try:
@@ -443,8 +443,8 @@ def versions(
 @app.command()
 def rollback(kind: KindOption, json_out: JsonFlag = False) -> None:
     """Point the alias of KIND back at the previous complete version."""
-    from store.ledger import Ledger
-    from store.weaviate_store import WeaviateStore, connect
+    from freshkb.store.ledger import Ledger
+    from freshkb.store.weaviate_store import WeaviateStore, connect
 
     settings = Settings()
     try:
@@ -486,7 +486,7 @@ def rebuild(kind: KindOption, config: ConfigOption = None, json_out: JsonFlag = 
         load_sources()
     except FreshkbError as exc:
         raise _fail(exc) from exc
-    from flows.ingest import rebuild_index
+    from freshkb.flows.ingest import rebuild_index
 
     summary = rebuild_index(kind.value)
     if json_out:
@@ -520,7 +520,7 @@ app.add_typer(llm_app, name="llm")
 @llm_app.command("up")
 def llm_up(json_out: JsonFlag = False) -> None:
     """Start the local LLM server on 127.0.0.1 ($FRESHKB_LLM_PORT, default 8000)."""
-    from serving import llm_server
+    from freshkb.serving import llm_server
 
     try:
         state = llm_server.up(llm_server.LlmServerConfig.from_env())
@@ -532,7 +532,7 @@ def llm_up(json_out: JsonFlag = False) -> None:
 @llm_app.command("down")
 def llm_down(json_out: JsonFlag = False) -> None:
     """Stop the local LLM server."""
-    from serving import llm_server
+    from freshkb.serving import llm_server
 
     stopped = llm_server.down(llm_server.LlmServerConfig.from_env())
     if json_out:
@@ -544,7 +544,7 @@ def llm_down(json_out: JsonFlag = False) -> None:
 @llm_app.command("status")
 def llm_status(json_out: JsonFlag = False) -> None:
     """Whether the local LLM server runs, where, and with which model."""
-    from serving import llm_server
+    from freshkb.serving import llm_server
 
     state = llm_server.status(llm_server.LlmServerConfig.from_env())
     _show_llm(state, json_out)
@@ -573,8 +573,8 @@ def serve(
     _use_config(config)
     import uvicorn
 
-    from serving.api import create_app
-    from serving.runtime import build_runtime
+    from freshkb.serving.api import create_app
+    from freshkb.serving.runtime import build_runtime
 
     settings = Settings()
     if not settings.api_tokens:
@@ -628,7 +628,7 @@ def ask(
 ) -> None:
     """Answer a question from the terminal, as POST /v1/answer does."""
     _use_config(config)
-    from serving.runtime import build_runtime
+    from freshkb.serving.runtime import build_runtime
 
     settings = Settings()
     try:
@@ -667,7 +667,7 @@ def escalations_list(
     json_out: JsonFlag = False,
 ) -> None:
     """List escalated questions, newest first."""
-    from serving.escalations import EscalationStore
+    from freshkb.serving.escalations import EscalationStore
 
     store = EscalationStore(Settings().ledger_database_url)
     try:
@@ -698,7 +698,7 @@ def escalations_resolve(
     json_out: JsonFlag = False,
 ) -> None:
     """Record the human answer to an escalation."""
-    from serving.escalations import EscalationStore
+    from freshkb.serving.escalations import EscalationStore
 
     store = EscalationStore(Settings().ledger_database_url)
     try:
@@ -718,7 +718,7 @@ def escalations_export(
     output: Annotated[Path, typer.Option("--output", help="JSON lines file to write.")],
 ) -> None:
     """Export resolved escalations as evaluation cases (question, truth, ...) in JSON lines."""
-    from serving.escalations import EscalationStore
+    from freshkb.serving.escalations import EscalationStore
 
     store = EscalationStore(Settings().ledger_database_url)
     try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from freshkb.config import SourceConfig
-from freshkb.records import SourceKind
-from loaders.base import Loader, ProgressCallback
-from loaders.customers import CustomerRecordsLoader
-from loaders.documents import DocumentFolderLoader
+from freshkb.core.config import SourceConfig
+from freshkb.core.records import SourceKind
+from freshkb.loaders.base import Loader, ProgressCallback
+from freshkb.loaders.customers import CustomerRecordsLoader
+from freshkb.loaders.documents import DocumentFolderLoader
 
 __all__ = [
     "CustomerRecordsLoader",

@@ -8,9 +8,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Protocol
 
-from freshkb.config import SourceConfig
-from freshkb.errors import DataError, TransientError, UnsupportedFileType
-from freshkb.records import LoadedDocument, LoadFailure, LoadResult
+from freshkb.core.config import SourceConfig
+from freshkb.core.errors import DataError, TransientError, UnsupportedFileType
+from freshkb.core.records import LoadedDocument, LoadFailure, LoadResult
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, item)
 

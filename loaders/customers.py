@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from freshkb import ids
-from freshkb.config import FileOptions, SourceConfig
-from freshkb.errors import ConfigError, DataError, TransientError, UnsupportedFileType
-from freshkb.records import LoadedDocument, LoadFailure, LoadResult, Section, SourceKind
-from loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
+from freshkb.core import ids
+from freshkb.core.config import FileOptions, SourceConfig
+from freshkb.core.errors import ConfigError, DataError, TransientError, UnsupportedFileType
+from freshkb.core.records import LoadedDocument, LoadFailure, LoadResult, Section, SourceKind
+from freshkb.loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
 
 RECORD_FORMATS = (".csv", ".json", ".jsonl", ".ndjson", ".parquet")
 KEY_FIELD = "_key"

@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from freshkb import ids
-from freshkb.config import SourceConfig
-from freshkb.errors import DataError, UnsupportedFileType
-from freshkb.records import LoadedDocument, LoadResult, Section, SourceKind
-from loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
-from loaders.nlp_model import install_offline_spacy_model
+from freshkb.core import ids
+from freshkb.core.config import SourceConfig
+from freshkb.core.errors import DataError, UnsupportedFileType
+from freshkb.core.records import LoadedDocument, LoadResult, Section, SourceKind
+from freshkb.loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
+from freshkb.loaders.nlp_model import install_offline_spacy_model
 
 TEXT_FORMATS = {
     ".md": "markdown",

@@ -13,7 +13,7 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from freshkb.errors import ConfigError
+from freshkb.core.errors import ConfigError
 
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 

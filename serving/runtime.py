@@ -7,13 +7,13 @@ from typing import Any
 
 import httpx
 
-from embeddings.embedder import get_embedder
-from freshkb.config import Settings
-from serving.answerer import OpenAICompatibleAnswerer
-from serving.escalations import EscalationStore
-from serving.service import AnswerService
-from store.ledger import Ledger
-from store.weaviate_store import WeaviateStore, connect
+from freshkb.embeddings.embedder import get_embedder
+from freshkb.core.config import Settings
+from freshkb.serving.answerer import OpenAICompatibleAnswerer
+from freshkb.serving.escalations import EscalationStore
+from freshkb.serving.service import AnswerService
+from freshkb.store.ledger import Ledger
+from freshkb.store.weaviate_store import WeaviateStore, connect
 
 
 @dataclass

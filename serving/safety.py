@@ -28,8 +28,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from embeddings.embedder import Embedder, get_embedder
-from serving import injection_exemplars as exemplars
+from freshkb.embeddings.embedder import Embedder, get_embedder
+from freshkb.serving import injection_exemplars as exemplars
 
 # The detector always uses the bundled model, whatever model the index is built with: its
 # exemplars were judged with this model, and it needs no download.

@@ -20,14 +20,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from embeddings.embedder import Embedder
-from freshkb.config import Settings, format_duration
-from freshkb.records import SourceKind
-from serving.answerer import CITATION, Answerer, LLMUnavailable, Passage
-from serving.escalations import EscalationStore
-from serving.safety import inspect_document, screen_question
-from store.ledger import Ledger, SourceFreshness
-from store.weaviate_store import SearchHit, WeaviateStore
+from freshkb.embeddings.embedder import Embedder
+from freshkb.core.config import Settings, format_duration
+from freshkb.core.records import SourceKind
+from freshkb.serving.answerer import CITATION, Answerer, LLMUnavailable, Passage
+from freshkb.serving.escalations import EscalationStore
+from freshkb.serving.safety import inspect_document, screen_question
+from freshkb.store.ledger import Ledger, SourceFreshness
+from freshkb.store.weaviate_store import SearchHit, WeaviateStore
 
 REFUSAL_OFF_TOPIC = (
     "I can only help with questions about our policies, products and your own account, and "

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from freshkb.config import SourceConfig, format_duration
+from freshkb.core.config import SourceConfig, format_duration
 
 metadata = sa.MetaData()
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from freshkb.config import Settings
-from freshkb.errors import ConfigError, TransientError
+from freshkb.core.config import Settings
+from freshkb.core.errors import ConfigError, TransientError
 
 WEAVIATE_MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
 

@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
-from freshkb import ids
-from freshkb.records import LoadedDocument, LoadFailure, StoredDocument
-
-
-@dataclass(frozen=True)
-class SyncPlan:
-    """Documents sorted by what happens to them."""
-
-    new: tuple[LoadedDocument, ...]
-    changed: tuple[LoadedDocument, ...]
-    unchanged: tuple[LoadedDocument, ...]
-    deleted: tuple[StoredDocument, ...]
-    kept_after_failure: tuple[StoredDocument, ...]
-    previous: Mapping[str, StoredDocument]  # what the store holds of each changed document
-    stored: Mapping[str, StoredDocument]  # everything the store held of the source
-
-    @property
-    def to_write(self) -> tuple[LoadedDocument, ...]:
-        """Documents whose chunks are (re)written."""
-        return self.new + self.changed
+from freshkb.core import ids
+from freshkb.core.records import LoadedDocument, LoadFailure, StoredDocument, SyncPlan
 
 
 def plan_sync(

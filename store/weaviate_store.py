@@ -32,10 +32,10 @@ from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.exceptions import WeaviateBaseError, WeaviateConnectionError
 
-from freshkb import ids
-from freshkb.config import Settings
-from freshkb.errors import ConfigError, TransientError
-from freshkb.records import EmbeddedChunk, SourceKind, StoredDocument
+from freshkb.core import ids
+from freshkb.core.config import Settings
+from freshkb.core.errors import ConfigError, TransientError
+from freshkb.core.records import EmbeddedChunk, SourceKind, StoredDocument
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _VERSION_NAME = re.compile(r"^(?P<alias>[A-Za-z]+)_v(?P<number>\d+)$")
 
 def connect(settings: Settings) -> weaviate.WeaviateClient:
     """A connected client: WEAVIATE_URL (with its API key) if set, else the managed local server."""
-    from store.server import local_url
+    from freshkb.store.server import local_url
 
     key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
     auth = weaviate.auth.Auth.api_key(key) if key else None

@@ -54,8 +54,8 @@ def freshkb_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 @pytest.fixture(scope="session")
 def weaviate_settings(freshkb_env: dict[str, str]) -> Iterator[object]:
     """A real Weaviate server for the whole session (built with `go install` if not cached)."""
-    from freshkb.config import Settings
-    from store import server
+    from freshkb.core.config import Settings
+    from freshkb.store import server
 
     settings = Settings()
     server.up(settings)
@@ -66,8 +66,8 @@ def weaviate_settings(freshkb_env: dict[str, str]) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real llama-cpp-python server with SmolLM2-135M for the whole session."""
-    from serving import llm_server
-    from serving.llm_server import LlmServerConfig
+    from freshkb.serving import llm_server
+    from freshkb.serving.llm_server import LlmServerConfig
 
     config = LlmServerConfig(port=TEST_LLM_PORT, state_dir=tmp_path_factory.mktemp("llm"))
     llm_server.up(config)
@@ -88,7 +88,7 @@ def prefect_harness() -> Iterator[None]:
 def store(weaviate_settings: object) -> Iterator[object]:
     """A WeaviateStore on an empty server (every collection and alias removed) and an empty
     freshness ledger."""
-    from store.weaviate_store import WeaviateStore, connect
+    from freshkb.store.weaviate_store import WeaviateStore, connect
 
     data_dir = Path(os.environ["FRESHKB_DATA_DIR"])
     for leftover in data_dir.glob("ledger.sqlite3*"):

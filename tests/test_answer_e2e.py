@@ -18,14 +18,14 @@ from fixtures_files import shared_dir
 from scripted_llm import scripted_llm_server
 from test_ingest_e2e import documents_source, write_policies
 
-from flows.ingest import ingest_source
-from freshkb.config import Settings, SourceConfig
-from serving import llm_server
-from serving.api import create_app
-from serving.llm_server import LlmServerConfig
-from serving.runtime import Runtime, build_runtime
-from serving.service import EXTRACTIVE_LEAD, QUOTED_LEAD
-from store.ledger import Ledger
+from freshkb.flows.ingest import ingest_source
+from freshkb.core.config import Settings, SourceConfig
+from freshkb.serving import llm_server
+from freshkb.serving.api import create_app
+from freshkb.serving.llm_server import LlmServerConfig
+from freshkb.serving.runtime import Runtime, build_runtime
+from freshkb.serving.service import EXTRACTIVE_LEAD, QUOTED_LEAD
+from freshkb.store.ledger import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def corpus(
     """Policies, promotions, a policy carrying a hidden instruction, and two customers."""
     import os
 
-    from store.weaviate_store import connect
+    from freshkb.store.weaviate_store import connect
 
     for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
         leftover.unlink()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from freshkb import ids
-from freshkb.config import Settings, load_sources
-from freshkb.errors import ConfigError
-from freshkb.records import LoadedDocument, LoadFailure, SourceKind, StoredDocument
-from store.server import server_env
-from store.sync import plan_sync
+from freshkb.core import ids
+from freshkb.core.config import Settings, load_sources
+from freshkb.core.errors import ConfigError
+from freshkb.core.records import LoadedDocument, LoadFailure, SourceKind, StoredDocument
+from freshkb.store.server import server_env
+from freshkb.store.sync import plan_sync
 
 
 def test_document_id_is_stable_and_independent_of_content():

@@ -8,19 +8,19 @@ from datetime import UTC, datetime
 import pytest
 import torch
 
-from embeddings.cache import VectorCache
-from embeddings.chunking import ChunkingPolicy, chunk_document
-from embeddings.embed import embed_chunks
-from embeddings.embedder import (
+from freshkb.embeddings.cache import VectorCache
+from freshkb.embeddings.chunking import ChunkingPolicy, chunk_document
+from freshkb.embeddings.embed import embed_chunks
+from freshkb.embeddings.embedder import (
     BUNDLED_MODEL_ID,
     encode_with_backoff,
     get_embedder,
     resolve_device,
     resolve_model,
 )
-from freshkb import ids
-from freshkb.errors import ConfigError
-from freshkb.records import LoadedDocument, Section, SourceKind
+from freshkb.core import ids
+from freshkb.core.errors import ConfigError
+from freshkb.core.records import LoadedDocument, Section, SourceKind
 
 
 def make_document(sections: list[Section], title: str = "Handbook") -> LoadedDocument:
@@ -100,7 +100,7 @@ def test_default_model_loads_from_the_bundled_package_offline():
 
 def test_unknown_model_offline_fails_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from embeddings.embedder import SentenceTransformerEmbedder
+    from freshkb.embeddings.embedder import SentenceTransformerEmbedder
 
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):
         SentenceTransformerEmbedder("nobody/no-such-model-xyz", device="cpu")

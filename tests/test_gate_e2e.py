@@ -23,10 +23,10 @@ from test_ingest_e2e import (
     write_policies,
 )
 
-from flows.ingest import ingest_source, rebuild_index
-from freshkb.config import Settings
-from freshkb.records import SourceKind
-from store.ledger import FreshnessState, Ledger
+from freshkb.flows.ingest import ingest_source, rebuild_index
+from freshkb.core.config import Settings
+from freshkb.core.records import SourceKind
+from freshkb.store.ledger import FreshnessState, Ledger
 
 pytestmark = [pytest.mark.integration]
 

@@ -15,11 +15,11 @@ import pytest
 from fixtures_files import shared_dir
 from weaviate.exceptions import WeaviateBaseError
 
-from embeddings.embedder import get_embedder
-from flows.ingest import ingest_source
-from freshkb.config import Settings
-from freshkb.records import SourceKind
-from store.weaviate_store import WeaviateStore
+from freshkb.embeddings.embedder import get_embedder
+from freshkb.flows.ingest import ingest_source
+from freshkb.core.config import Settings
+from freshkb.core.records import SourceKind
+from freshkb.store.weaviate_store import WeaviateStore
 
 pytestmark = [pytest.mark.integration]
 
@@ -406,7 +406,7 @@ def test_killed_ingest_rerun_converges_without_duplicates(
 def test_unreachable_source_fails_alone_in_an_all_sources_run(
     store, prefect_harness, corpus_copy, tmp_path
 ):
-    from flows.ingest import ingest_all
+    from freshkb.flows.ingest import ingest_all
 
     write_policies(corpus_copy)
     config = tmp_path / "freshkb.yaml"

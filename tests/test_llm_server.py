@@ -10,9 +10,9 @@ import httpx
 import pytest
 from conftest import TEST_LLM_PORT
 
-from freshkb.errors import ConfigError
-from serving import llm_server
-from serving.llm_server import LlmServerConfig
+from freshkb.core.errors import ConfigError
+from freshkb.serving import llm_server
+from freshkb.serving.llm_server import LlmServerConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

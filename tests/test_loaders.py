@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from fixtures_files import pdf_bytes, shared_dir, write_docx, write_pdf
 
-from freshkb import ids
-from freshkb.config import SourceConfig
-from freshkb.errors import ConfigError, TransientError
-from freshkb.records import SourceKind
-from loaders import loader_for
-from loaders.nlp_model import install_offline_spacy_model, load_spacy_model
+from freshkb.core import ids
+from freshkb.core.config import SourceConfig
+from freshkb.core.errors import ConfigError, TransientError
+from freshkb.core.records import SourceKind
+from freshkb.loaders import loader_for
+from freshkb.loaders.nlp_model import install_offline_spacy_model, load_spacy_model
 
 
 def documents(folder: Path, **extra) -> SourceConfig:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from freshkb.config import SourceConfig
-from freshkb.errors import ConfigError, TransientError
-from freshkb.records import SourceKind
-from loaders import loader_for
+from freshkb.core.config import SourceConfig
+from freshkb.core.errors import ConfigError, TransientError
+from freshkb.core.records import SourceKind
+from freshkb.loaders import loader_for
 
 pytestmark = [pytest.mark.integration]
 

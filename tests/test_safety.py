@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 from fixtures_files import shared_dir
 
-from serving.safety import (
+from freshkb.serving.safety import (
     DATA_BLOCK_TAG,
     DATA_CLOSE,
     InjectionGuard,

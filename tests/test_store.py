@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from freshkb import ids
-from freshkb.errors import ConfigError
-from freshkb.records import Chunk, EmbeddedChunk, SourceKind
+from freshkb.core import ids
+from freshkb.core.errors import ConfigError
+from freshkb.core.records import Chunk, EmbeddedChunk, SourceKind
 
 pytestmark = [pytest.mark.integration]
 

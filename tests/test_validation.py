@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from freshkb.config import SourceConfig, parse_duration
-from freshkb.records import LoadedDocument, LoadFailure, SourceKind, StoredDocument
-from loaders import loader_for
-from store.ledger import FreshnessState, Ledger
-from store.sync import plan_sync
-from validation.breaker import MassDeletionRefused, check_deletions
-from validation.gate import validate_load
+from freshkb.core.config import SourceConfig, parse_duration
+from freshkb.core.records import LoadedDocument, LoadFailure, SourceKind, StoredDocument
+from freshkb.loaders import loader_for
+from freshkb.store.ledger import FreshnessState, Ledger
+from freshkb.store.sync import plan_sync
+from freshkb.validation.breaker import MassDeletionRefused, check_deletions
+from freshkb.validation.gate import validate_load
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -328,7 +328,7 @@ def test_breaker_allows_ordinary_deletions_and_refuses_an_empty_pull():
 
 
 def test_breaker_does_not_count_documents_kept_after_a_failed_load_as_deleted():
-    from freshkb import ids
+    from freshkb.core import ids
 
     keys = [f"f{i}.md" for i in range(10)]
     live = {

@@ -9,8 +9,8 @@ reruns with `--allow-mass-delete`.
 
 from __future__ import annotations
 
-from freshkb.errors import DataError
-from store.sync import SyncPlan
+from freshkb.core.errors import DataError
+from freshkb.core.records import SyncPlan
 
 
 class MassDeletionRefused(DataError):

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from freshkb.config import SourceConfig
-from freshkb.records import LoadResult, SourceKind
+from freshkb.core.config import SourceConfig
+from freshkb.core.records import LoadResult, SourceKind
 
 # Fields recognised as a record's last-update time when `record_time_field` is not set.
 UPDATED_FIELDS = ("updated_at", "updatedAt", "last_modified", "modified_at", "lastModified")

@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from freshkb.config import NAMED_FORMATS, RecordExpectations, SourceConfig
-from freshkb.records import LoadResult, SourceKind
-from validation.frames import RECORD_TIME, ValidationFrames, build_frames
+from freshkb.core.config import NAMED_FORMATS, RecordExpectations, SourceConfig
+from freshkb.core.records import LoadResult, SourceKind
+from freshkb.validation.frames import RECORD_TIME, ValidationFrames, build_frames
 
 # GX sends usage statistics unless told not to; freshkb never phones home.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -33,8 +33,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from freshkb.errors import ConfigError
-from freshkb.records import SourceKind
+from freshkb.core.errors import ConfigError
+from freshkb.core.records import SourceKind
 
 DEFAULT_CONFIG_FILE = "freshkb.yaml"
 WEAVIATE_VERSION = "1.39.3"
@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     """Runtime settings of freshkb (see README, 'Configuration')."""
 
     model_config = SettingsConfigDict(env_prefix="FRESHKB_", extra="ignore")
+
+    config_file: Path = Field(
+        default_factory=config_file_path, description="sources and settings file"
+    )
 
     data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share"))
     cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache"))
@@ -134,8 +138,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Add the `settings:` block of the config file below the environment."""
-        path = config_file_path()
+        """Add the `settings:` block of the config file below the environment.
+
+        The file is the one passed as `Settings(config_file=...)`, else $FRESHKB_CONFIG, else
+        ./freshkb.yaml.
+        """
+        given = getattr(init_settings, "init_kwargs", {}).get("config_file")
+        path = Path(given) if given else config_file_path()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path.is_file() and "settings" in (_read_yaml(path) or {}):
             sources.append(

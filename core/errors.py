@@ -18,6 +18,10 @@ class TransientError(FreshkbError):
     """A failure that a retry may fix (network, server unavailable, rate limit)."""
 
 
+class LLMUnavailable(TransientError):
+    """The LLM endpoint is down, timed out, erred, or its breaker is open: answer without it."""
+
+
 class DataError(FreshkbError):
     """Bad input: the item is skipped and reported, retrying will not help."""
 

@@ -6,6 +6,7 @@ distributed Prefect task runner can ship them between machines (they are plain, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -110,3 +111,21 @@ class StoredDocument:
     chunk_count: int
     complete: bool  # every position 0..chunk_count-1 present (a killed run leaves gaps)
     customer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """Documents sorted by what happens to them."""
+
+    new: tuple[LoadedDocument, ...]
+    changed: tuple[LoadedDocument, ...]
+    unchanged: tuple[LoadedDocument, ...]
+    deleted: tuple[StoredDocument, ...]
+    kept_after_failure: tuple[StoredDocument, ...]
+    previous: Mapping[str, StoredDocument]  # what the store holds of each changed document
+    stored: Mapping[str, StoredDocument]  # everything the store held of the source
+
+    @property
+    def to_write(self) -> tuple[LoadedDocument, ...]:
+        """Documents whose chunks are (re)written."""
+        return self.new + self.changed

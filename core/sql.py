@@ -1,0 +1,31 @@
+"""The one way freshkb opens its operational SQL database (ledger, escalations, feedback).
+
+SQLite in the data directory by default, any SQLAlchemy URL (PostgreSQL) in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+
+def sql_engine(url: str, metadata: sa.MetaData | None = None) -> sa.Engine:
+    """An engine for `url` (a SQLite file is created if missing), with `metadata`'s tables."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    if metadata is not None:
+        metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the answer service read while a flow run writes; wait instead of failing.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
