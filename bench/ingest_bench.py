@@ -40,7 +40,8 @@ def main() -> int:
     shutil.copytree(args.folder, source_dir)
 
     from freshkb.flows.ingest import ingest_source
-    from freshkb.core.config import Settings, SourceConfig
+    from freshkb.core.config import Settings
+    from freshkb.core.sources import parse_source
     from freshkb.loaders.base import list_files
     from freshkb.loaders.documents import BINARY_FORMATS, TEXT_FORMATS
     from freshkb.store import server
@@ -61,7 +62,7 @@ def main() -> int:
         # The first file the source reads: not one outside --include, nor an unsupported one.
         victim = sorted(
             path
-            for path, _ in list_files(SourceConfig.model_validate(config))
+            for path, _ in list_files(parse_source(config))
             if path.suffix.lower() in {*TEXT_FORMATS, *BINARY_FORMATS}
         )[0]
         with victim.open("ab") as handle:  # one more byte: a new content hash
@@ -81,12 +82,12 @@ def main() -> int:
                 "run": label,
                 "seconds": round(seconds, 2),
                 "vs_first": round(seconds / first_seconds, 3),
-                "documents": report["documents_seen"],
-                "changed_or_new": report["documents_new"] + report["documents_changed"],
-                "failed": report["documents_failed"],
-                "embedded": report["embeddings_computed"],
-                "written": report["objects_written"],
-                "stages": report["stage_seconds"],
+                "documents": report.documents_seen,
+                "changed_or_new": report.documents_new + report.documents_changed,
+                "failed": report.documents_failed,
+                "embedded": report.embeddings_computed,
+                "written": report.objects_written,
+                "stages": report.stage_seconds,
             }
         )
     if args.json:

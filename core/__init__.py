@@ -1,1 +1,1 @@
-"""The base every step stands on: settings, typed records, ids and errors. Imports nothing of freshkb."""
+"""The base every step stands on: settings, typed records, ids, errors. Imports nothing above."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from freshkb.core.records import Chunk, EmbeddedChunk
 from freshkb.embeddings.cache import VectorCache
 from freshkb.embeddings.chunking import embedding_text
 from freshkb.embeddings.embedder import Embedder
-from freshkb.core.records import Chunk, EmbeddedChunk
 
 # Texts handed to the model per call: large enough to fill GPU batches, small enough for the
 # progress bar to move and for a crash to lose little work (each slice is cached at once).

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from freshkb.core.config import SourceConfig
-from freshkb.core.records import SourceKind
+from freshkb.core.sources import (
+    AnySource,
+    CustomerFilesSourceConfig,
+    CustomerSqlSourceConfig,
+    DocumentSourceConfig,
+)
 from freshkb.loaders.base import Loader, ProgressCallback
-from freshkb.loaders.customers import CustomerRecordsLoader
+from freshkb.loaders.customers import CustomerFilesLoader, CustomerSqlLoader
 from freshkb.loaders.documents import DocumentFolderLoader
 
 __all__ = [
-    "CustomerRecordsLoader",
+    "CustomerFilesLoader",
+    "CustomerSqlLoader",
     "DocumentFolderLoader",
     "Loader",
     "ProgressCallback",
@@ -19,9 +24,13 @@ __all__ = [
 ]
 
 
-def loader_for(source: SourceConfig, indexed: Mapping[str, str] | None = None) -> Loader:
+def loader_for(source: AnySource, indexed: Mapping[str, str] | None = None) -> Loader:
     """The loader for a source's kind; `indexed` (document id -> content hash of documents the
     index holds completely) lets the documents loader skip re-parsing unchanged files."""
-    if source.kind is SourceKind.DOCUMENTS:
+    if isinstance(source, DocumentSourceConfig):
         return DocumentFolderLoader(source, indexed)
-    return CustomerRecordsLoader(source)
+    if isinstance(source, CustomerSqlSourceConfig):
+        return CustomerSqlLoader(source)
+    if isinstance(source, CustomerFilesSourceConfig):
+        return CustomerFilesLoader(source)
+    raise TypeError(f"no loader for {type(source).__name__}")

@@ -8,9 +8,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Protocol
 
-from freshkb.core.config import SourceConfig
 from freshkb.core.errors import DataError, TransientError, UnsupportedFileType
 from freshkb.core.records import LoadedDocument, LoadFailure, LoadResult
+from freshkb.core.sources import FolderSourceConfig, SourceConfig
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, item)
 
@@ -18,7 +18,10 @@ ProgressCallback = Callable[[int, int, str], None]  # (done, total, item)
 class Loader(Protocol):
     """Pulls one source: `precheck()` fails fast, `load()` returns records and failures."""
 
-    source: SourceConfig
+    @property
+    def source(self) -> SourceConfig:
+        """The declared source this loader reads."""
+        ...
 
     def precheck(self) -> None:
         """Raise ConfigError or TransientError if the source cannot be read at all."""
@@ -29,7 +32,7 @@ class Loader(Protocol):
         ...
 
 
-def check_folder(source: SourceConfig) -> Path:
+def check_folder(source: FolderSourceConfig) -> Path:
     """The source's folder or file, or a TransientError saying it is not there."""
     location = Path(source.location)
     if not location.exists():
@@ -40,7 +43,7 @@ def check_folder(source: SourceConfig) -> Path:
     return location
 
 
-def list_files(source: SourceConfig) -> Iterator[tuple[Path, str]]:
+def list_files(source: FolderSourceConfig) -> Iterator[tuple[Path, str]]:
     """(path, path relative to the source) of every file the source includes, sorted.
 
     Hidden files and folders (".git", ".DS_Store") are skipped silently.
@@ -72,7 +75,7 @@ def modified_time(path: Path) -> datetime:
 
 
 def load_each_file(
-    source: SourceConfig,
+    source: FolderSourceConfig,
     load_file: Callable[[Path, str], LoadResult],
     progress: ProgressCallback | None,
 ) -> LoadResult:

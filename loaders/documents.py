@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from freshkb.core import ids
-from freshkb.core.config import SourceConfig
 from freshkb.core.errors import DataError, UnsupportedFileType
 from freshkb.core.records import LoadedDocument, LoadResult, Section, SourceKind
+from freshkb.core.sources import DocumentSourceConfig
 from freshkb.loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
 from freshkb.loaders.nlp_model import install_offline_spacy_model
 
@@ -36,7 +36,7 @@ ARTICLE_KEYS = ("id", "title", "content")
 class DocumentFolderLoader:
     """Loads every supported file of a folder (recursively) as one document each."""
 
-    def __init__(self, source: SourceConfig, indexed: Mapping[str, str] | None = None):
+    def __init__(self, source: DocumentSourceConfig, indexed: Mapping[str, str] | None = None):
         self.source = source
         # document id -> content hash of the documents the index holds completely. A file whose
         # bytes still hash the same is not partitioned again: the sync plan will leave it as
@@ -179,7 +179,9 @@ def _check_pdf(data: bytes) -> None:
         raise DataError("truncated PDF (no end-of-file marker); upload the complete file")
 
 
-def _partition_binary(fmt: str, path: Path, data: bytes, source: SourceConfig) -> list[Section]:
+def _partition_binary(
+    fmt: str, path: Path, data: bytes, source: DocumentSourceConfig
+) -> list[Section]:
     if fmt == "pdf":
         _check_pdf(data)
         from unstructured.partition.pdf import partition_pdf

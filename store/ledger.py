@@ -6,8 +6,8 @@ service reads it on every request: one indexed primary-key read, transactional u
 concurrent flow runs, no vector index to carry, and it still answers when Weaviate is the thing
 that is down (so `freshkb status` can say so).
 
-Staleness is never stored: it is computed from the clock at read time, so a source whose flow
-simply stops running turns stale by itself.
+The ledger stores rows; what they mean for answers (fresh, stale, failed) is the freshness
+policy's to say (freshkb.validation.freshness), computed from the clock at read time.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from freshkb.core.config import SourceConfig, format_duration
+from freshkb.core.report import RunReport
+from freshkb.core.sources import SourceConfig
+from freshkb.core.sql import sql_engine
+from freshkb.validation.freshness import SourceFreshness, SyncHistory, assess, never_synced
 
 metadata = sa.MetaData()
 
@@ -70,94 +71,25 @@ COUNT_FIELDS = (
 )
 
 
-class FreshnessState(StrEnum):
-    """What the answer path may assume about a source's data."""
-
-    FRESH = "fresh"
-    STALE = "stale"
-    FAILED = "failed"
-    NEVER_SYNCED = "never synced"
-
-
 @dataclass(frozen=True)
-class SourceFreshness:
-    """One source's freshness at a moment, with the reasons for its state."""
+class IngestRun:
+    """One ingest run of a source as the ledger recorded it."""
 
-    name: str
-    kind: str
-    owner: str
-    state: FreshnessState
-    checked_at: datetime
-    sla_seconds: float | None
-    age_seconds: float | None  # since the last successful validated sync
-    last_success_at: datetime | None
-    last_attempt_at: datetime | None
-    last_status: str | None
-    last_error: str | None
+    id: int
+    source: str
     flow_run_id: str | None
-    record_max_age_seconds: float | None = None
-    newest_record_at: datetime | None = None
-    validation: dict[str, Any] = field(default_factory=dict)
-    counts: dict[str, Any] = field(default_factory=dict)
-    reasons: tuple[str, ...] = ()
-
-    @property
-    def usable(self) -> bool:
-        """True when answers may use this source's data."""
-        return self.state is FreshnessState.FRESH
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-serialisable form."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "owner": self.owner,
-            "state": self.state.value,
-            "checked_at": _iso(self.checked_at),
-            "age_seconds": None if self.age_seconds is None else round(self.age_seconds, 1),
-            "age": None if self.age_seconds is None else format_duration(self.age_seconds),
-            "sla_seconds": self.sla_seconds,
-            "sla": None if self.sla_seconds is None else format_duration(self.sla_seconds),
-            "last_success_at": _iso(self.last_success_at),
-            "last_attempt_at": _iso(self.last_attempt_at),
-            "last_status": self.last_status,
-            "last_error": self.last_error,
-            "flow_run_id": self.flow_run_id,
-            "newest_record_at": _iso(self.newest_record_at),
-            "record_max_age_seconds": self.record_max_age_seconds,
-            "validation": self.validation,
-            "counts": self.counts,
-            "reasons": list(self.reasons),
-        }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; everything freshkb stores is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def sql_engine(url: str) -> sa.Engine:
-    """An engine for freshkb's operational database (SQLite file created if missing)."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+    started_at: datetime
+    finished_at: datetime | None
+    status: str  # running | completed | failed
+    error: str | None
+    report: dict[str, Any] = field(default_factory=dict)  # the run report as recorded (JSON)
 
 
 class Ledger:
     """Reads and writes the freshness ledger."""
 
     def __init__(self, url: str):
-        self.engine = sql_engine(url)
-        metadata.create_all(self.engine)
+        self.engine = sql_engine(url, metadata)
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -195,39 +127,37 @@ class Ledger:
     def record_result(
         self,
         run_id: int,
-        report: dict[str, Any],
+        report: RunReport,
         finished_at: datetime,
         newest_record_at: datetime | None = None,
     ) -> None:
         """A run has ended: a completed one moves `last_success_at`, a failed one only says so."""
-        succeeded = report["status"] == "completed"
+        data = report.to_dict()
         values: dict[str, Any] = {
-            "last_status": report["status"],
-            "last_error": report.get("error"),
-            "last_validation": json.dumps(report.get("validation") or {}, default=str),
+            "last_status": report.status,
+            "last_error": report.error,
+            "last_validation": json.dumps(data["validation"], default=str),
         }
-        if succeeded:
+        if report.status == "completed":
             values |= {
                 "last_success_at": finished_at,
-                "last_success_flow_run_id": report.get("flow_run_id"),
-                "counts": json.dumps({name: report.get(name, 0) for name in COUNT_FIELDS}),
+                "last_success_flow_run_id": report.flow_run_id,
+                "counts": json.dumps({name: getattr(report, name) for name in COUNT_FIELDS}),
             }
             if newest_record_at is not None:
                 values["newest_record_at"] = newest_record_at
         with self.engine.begin() as connection:
             connection.execute(
-                sa.update(sources_table)
-                .where(sources_table.c.name == report["source"])
-                .values(values)
+                sa.update(sources_table).where(sources_table.c.name == report.source).values(values)
             )
             connection.execute(
                 sa.update(runs_table)
                 .where(runs_table.c.id == run_id)
                 .values(
                     finished_at=finished_at,
-                    status=report["status"],
-                    error=report.get("error"),
-                    report=json.dumps(report, default=str),
+                    status=report.status,
+                    error=report.error,
+                    report=json.dumps(data, default=str),
                 )
             )
 
@@ -249,25 +179,10 @@ class Ledger:
         now = now or datetime.now(UTC)
         with self.engine.connect() as connection:
             rows = connection.execute(sa.select(sources_table)).mappings().all()
-        states = {row["name"]: _state(dict(row), now) for row in rows}
+        states = {row["name"]: assess(_history(row), now) for row in rows}
         for source in declared:
             if source.name not in states:
-                states[source.name] = SourceFreshness(
-                    name=source.name,
-                    kind=source.kind.value,
-                    owner=source.owner,
-                    state=FreshnessState.NEVER_SYNCED,
-                    checked_at=now,
-                    sla_seconds=source.freshness.max_age_seconds,
-                    age_seconds=None,
-                    last_success_at=None,
-                    last_attempt_at=None,
-                    last_status=None,
-                    last_error=None,
-                    flow_run_id=None,
-                    record_max_age_seconds=source.freshness.record_max_age_seconds,
-                    reasons=("never ingested: run `freshkb ingest " + source.name + "`",),
-                )
+                states[source.name] = never_synced(source, now)
         return sorted(states.values(), key=lambda state: state.name)
 
     def state(self, name: str, now: datetime | None = None) -> SourceFreshness | None:
@@ -278,9 +193,9 @@ class Ledger:
                 .mappings()
                 .first()
             )
-        return None if row is None else _state(dict(row), now or datetime.now(UTC))
+        return None if row is None else assess(_history(row), now or datetime.now(UTC))
 
-    def runs(self, source: str, limit: int = 20) -> list[dict[str, Any]]:
+    def runs(self, source: str, limit: int = 20) -> list[IngestRun]:
         """The latest runs of a source, newest first."""
         with self.engine.connect() as connection:
             rows = (
@@ -293,65 +208,47 @@ class Ledger:
                 .mappings()
                 .all()
             )
-        return [dict(row) for row in rows]
+        return [_run(row) for row in rows]
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets the answer service read while a flow run writes; wait instead of failing.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+def _utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; everything freshkb stores is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _state(row: dict[str, Any], now: datetime) -> SourceFreshness:
-    """Freshness of one ledger row as of `now`: never synced > stale > failed > fresh."""
-    last_success = _aware(row["last_success_at"])
-    newest_record = _aware(row["newest_record_at"])
-    sla = row["sla_seconds"]
-    record_sla = row["record_max_age_seconds"]
-    age = None if last_success is None else (now - last_success).total_seconds()
-    failed = row["last_status"] == "failed"
-    stale_reasons: list[str] = []
-    if age is not None and sla is not None and age > sla:
-        stale_reasons.append(
-            f"last successful sync {format_duration(age)} ago, "
-            f"older than its SLA of {format_duration(sla)}"
-        )
-    if last_success is not None and record_sla is not None and newest_record is not None:
-        record_age = (now - newest_record).total_seconds()
-        if record_age > record_sla:
-            stale_reasons.append(
-                f"newest record updated {format_duration(record_age)} ago, "
-                f"older than its SLA of {format_duration(record_sla)}"
-            )
-    failure_reasons = [f"last run failed: {row['last_error']}"] if failed else []
-    if last_success is None:
-        state = FreshnessState.FAILED if failed else FreshnessState.NEVER_SYNCED
-        never = [] if failed else ["no successful validated sync yet"]
-        reasons = failure_reasons + never
-    elif stale_reasons:
-        state, reasons = FreshnessState.STALE, stale_reasons + failure_reasons
-    elif failed:
-        state, reasons = FreshnessState.FAILED, failure_reasons
-    else:
-        state, reasons = FreshnessState.FRESH, []
-    return SourceFreshness(
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _history(row: sa.RowMapping) -> SyncHistory:
+    """A source's row as the freshness policy's input."""
+    return SyncHistory(
         name=row["name"],
         kind=row["kind"],
         owner=row["owner"] or "",
-        state=state,
-        checked_at=now,
-        sla_seconds=sla,
-        age_seconds=age,
-        last_success_at=last_success,
+        sla_seconds=row["sla_seconds"],
+        record_max_age_seconds=row["record_max_age_seconds"],
         last_attempt_at=_aware(row["last_attempt_at"]),
         last_status=row["last_status"],
         last_error=row["last_error"],
-        flow_run_id=row["last_success_flow_run_id"] or row["last_flow_run_id"],
-        record_max_age_seconds=record_sla,
-        newest_record_at=newest_record,
+        last_flow_run_id=row["last_flow_run_id"],
+        last_success_at=_aware(row["last_success_at"]),
+        last_success_flow_run_id=row["last_success_flow_run_id"],
+        newest_record_at=_aware(row["newest_record_at"]),
         validation=json.loads(row["last_validation"] or "{}"),
         counts=json.loads(row["counts"] or "{}"),
-        reasons=tuple(reasons),
+    )
+
+
+def _run(row: sa.RowMapping) -> IngestRun:
+    """A run's row as a record."""
+    return IngestRun(
+        id=int(row["id"]),
+        source=row["source"],
+        flow_run_id=row["flow_run_id"],
+        started_at=_utc(row["started_at"]),
+        finished_at=_aware(row["finished_at"]),
+        status=row["status"],
+        error=row["error"],
+        report=json.loads(row["report"] or "{}"),
     )

@@ -8,13 +8,12 @@ server set WEAVIATE_URL instead and never touch this module.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import httpx
 
 from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, TransientError
+from freshkb.core.processes import ManagedProcess
 
 WEAVIATE_MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
 
@@ -137,32 +137,17 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _pid_file(settings: Settings) -> Path:
-    return settings.weaviate_data_dir / "freshkb-weaviate.pid"
-
-
-def _log_file(settings: Settings) -> Path:
-    return settings.weaviate_data_dir / "weaviate.log"
+def managed_process(settings: Settings) -> ManagedProcess:
+    """The managed server's pid and log files, in its data directory."""
+    return ManagedProcess(
+        pid_file=settings.weaviate_data_dir / "freshkb-weaviate.pid",
+        log_file=settings.weaviate_data_dir / "weaviate.log",
+    )
 
 
 def local_url(settings: Settings) -> str:
     """HTTP base URL of the managed server."""
     return f"http://127.0.0.1:{settings.weaviate_http_port}"
-
-
-def _read_pid(settings: Settings) -> int | None:
-    path = _pid_file(settings)
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
 
 
 def is_ready(url: str, api_key: str | None = None, timeout: float = 2.0) -> bool:
@@ -192,7 +177,8 @@ def up(settings: Settings) -> ServerStatus:
             "not start its own; unset WEAVIATE_URL to manage a local one"
         )
     url = local_url(settings)
-    if _read_pid(settings) and is_ready(url):
+    managed = managed_process(settings)
+    if managed.is_alive() and is_ready(url):
         return status(settings)
     if is_ready(url):
         raise ConfigError(
@@ -201,59 +187,43 @@ def up(settings: Settings) -> ServerStatus:
         )
     binary, _ = build_binary(settings)
     settings.weaviate_data_dir.mkdir(parents=True, exist_ok=True)
-    log = _log_file(settings).open("ab")
-    process = subprocess.Popen(
-        [
-            str(binary),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(settings.weaviate_http_port),
-            "--scheme",
-            "http",
-        ],
-        env=server_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=_raise_open_file_limit,
-    )
-    _pid_file(settings).write_text(str(process.pid))
-    deadline = time.monotonic() + settings.weaviate_startup_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = "\n".join(_log_file(settings).read_text(errors="replace").splitlines()[-15:])
-            raise TransientError(
-                f"Weaviate exited with code {process.returncode} during start-up; "
-                f"log {_log_file(settings)}:\n{tail}"
-            )
-        if is_ready(url):
-            return status(settings)
-        time.sleep(0.25)
+    command = [
+        str(binary),
+        *("--host", "127.0.0.1", "--port", str(settings.weaviate_http_port), "--scheme", "http"),
+    ]
+    process = managed.start(command, server_env(settings), preexec_fn=_raise_open_file_limit)
+    timeout = settings.weaviate_startup_timeout
+    if managed.wait_ready(process, lambda: is_ready(url), timeout, name="Weaviate", poll=0.25):
+        return status(settings)
     raise TransientError(
-        f"Weaviate did not become ready on {url} within {settings.weaviate_startup_timeout:.0f}s; "
-        f"see {_log_file(settings)}"
+        f"Weaviate did not become ready on {url} within {timeout:.0f}s; see {managed.log_file}"
     )
 
 
 def down(settings: Settings, timeout: float = 30.0) -> bool:
     """Stop the managed server; True if one was running."""
-    pid = _read_pid(settings)
-    if pid is None:
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _read_pid(settings) is not None:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.2)
-    if _read_pid(settings) is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    _pid_file(settings).unlink(missing_ok=True)
-    return True
+    return managed_process(settings).stop(timeout)
+
+
+def ensure_running(
+    settings: Settings, announce: Callable[[str], None] | None = None
+) -> ServerStatus | None:
+    """Start the managed Weaviate unless WEAVIATE_URL names a server or it already runs.
+
+    None when freshkb does not manage the server (WEAVIATE_URL is set); else its status.
+    `announce` hears one line before a start, which can take minutes the first time (a build).
+    """
+    if settings.weaviate_url:
+        return None
+    current = status(settings)
+    if current.running:
+        return current
+    if announce is not None:
+        announce(
+            f"starting Weaviate v{settings.weaviate_version} on {local_url(settings)} "
+            "(stop it with `freshkb weaviate down`)"
+        )
+    return up(settings)
 
 
 def status(settings: Settings) -> ServerStatus:
@@ -271,7 +241,7 @@ def status(settings: Settings) -> ServerStatus:
             binary=None,
         )
     url = local_url(settings)
-    pid = _read_pid(settings)
+    pid = managed_process(settings).read_pid()
     running = pid is not None and is_ready(url)
     binary = binary_path(settings)
     return ServerStatus(

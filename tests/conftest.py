@@ -88,7 +88,8 @@ def prefect_harness() -> Iterator[None]:
 def store(weaviate_settings: object) -> Iterator[object]:
     """A WeaviateStore on an empty server (every collection and alias removed) and an empty
     freshness ledger."""
-    from freshkb.store.weaviate_store import WeaviateStore, connect
+    from freshkb.store.connection import connect
+    from freshkb.store.weaviate_store import WeaviateStore
 
     data_dir = Path(os.environ["FRESHKB_DATA_DIR"])
     for leftover in data_dir.glob("ledger.sqlite3*"):

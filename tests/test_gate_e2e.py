@@ -26,7 +26,8 @@ from test_ingest_e2e import (
 from freshkb.flows.ingest import ingest_source, rebuild_index
 from freshkb.core.config import Settings
 from freshkb.core.records import SourceKind
-from freshkb.store.ledger import FreshnessState, Ledger
+from freshkb.store.ledger import Ledger
+from freshkb.validation.freshness import FreshnessState
 
 pytestmark = [pytest.mark.integration]
 
@@ -53,15 +54,15 @@ def test_emptied_source_folder_trips_the_breaker_and_live_data_stays(
 ):
     many_policies(corpus_copy, 6)
     first = ingest_source(source_config=documents_source(corpus_copy, "emptied"))
-    assert first["status"] == "completed"
+    assert first.status == "completed"
     before = stored_objects(store)
     for path in corpus_copy.iterdir():
         path.unlink()
     refused = ingest_source(source_config=documents_source(corpus_copy, "emptied"))
-    assert refused["status"] == "failed"
-    assert "returned nothing at all while 6 of its documents are live" in refused["error"]
-    assert "--allow-mass-delete" in refused["error"]
-    assert refused["objects_deleted"] == 0
+    assert refused.status == "failed"
+    assert "returned nothing at all while 6 of its documents are live" in refused.error
+    assert "--allow-mass-delete" in refused.error
+    assert refused.objects_deleted == 0
     assert stored_objects(store) == before
     state = ledger_state("emptied")
     assert state.state is FreshnessState.FAILED
@@ -70,8 +71,8 @@ def test_emptied_source_folder_trips_the_breaker_and_live_data_stays(
     confirmed = ingest_source(
         source_config=documents_source(corpus_copy, "emptied"), allow_mass_delete=True
     )
-    assert confirmed["status"] == "completed", confirmed["error"]
-    assert confirmed["documents_deleted"] == 6
+    assert confirmed.status == "completed", confirmed.error
+    assert confirmed.documents_deleted == 6
     assert stored_objects(store) == {}
 
 
@@ -81,13 +82,13 @@ def test_deleting_most_documents_is_refused_but_a_few_is_not(store, prefect_harn
     (corpus_copy / "policy-00.md").unlink()
     (corpus_copy / "policy-01.md").unlink()
     few = ingest_source(source_config=documents_source(corpus_copy, "shrinking"))
-    assert few["status"] == "completed" and few["documents_deleted"] == 2
+    assert few.status == "completed" and few.documents_deleted == 2
     for n in range(2, 7):
         (corpus_copy / f"policy-{n:02d}.md").unlink()
     before = stored_objects(store)
     many = ingest_source(source_config=documents_source(corpus_copy, "shrinking"))
-    assert many["status"] == "failed"
-    assert "would delete 5 of its 8 live documents (62%" in many["error"]
+    assert many.status == "failed"
+    assert "would delete 5 of its 8 live documents (62%" in many.error
     assert stored_objects(store) == before
 
 
@@ -102,13 +103,13 @@ def test_half_the_files_corrupt_fails_the_gate_and_live_data_stays(
         (corpus_copy / f"policy-{n:02d}.md").write_bytes(b"\x00\x01binary junk\xff" * 40)
     (corpus_copy / "policy-04.md").write_text("# Policy 4\n\nRule 4 now takes 30 days.\n")
     report = ingest_source(source_config=documents_source(corpus_copy, "halfbad"))
-    assert report["status"] == "failed"
-    assert report["error"].startswith("validation failed")
-    assert "at most 25% of items fail to load" in report["error"]
-    assert report["objects_written"] == report["objects_deleted"] == 0
-    assert report["validation"]["success"] is False
-    saved = json.loads(Path(report["validation"]["results_file"]).read_text())
-    assert saved["success"] is False and saved["flow_run_id"] == report["flow_run_id"]
+    assert report.status == "failed"
+    assert report.error.startswith("validation failed")
+    assert "at most 25% of items fail to load" in report.error
+    assert report.objects_written == report.objects_deleted == 0
+    assert report.validation.success is False
+    saved = json.loads(Path(report.validation.results_file).read_text())
+    assert saved["success"] is False and saved["flow_run_id"] == report.flow_run_id
     assert stored_objects(store) == before, "the edit to policy-04 must not be served either"
     assert search(store, "requests of type 4 answered within", k=1)[0].text == hits_before[0].text
 
@@ -120,19 +121,19 @@ def test_a_failed_run_then_a_good_run(store, prefect_harness, corpus_copy):
     (corpus_copy / "policy-00.md").write_bytes(b"")
     (corpus_copy / "policy-01.md").write_bytes(b"")
     bad = ingest_source(source_config=documents_source(corpus_copy, "recovering"))
-    assert bad["status"] == "failed"
+    assert bad.status == "failed"
     failed = ledger_state("recovering")
     assert failed.state is FreshnessState.FAILED
     assert failed.last_success_at == first_success
     assert "validation failed" in failed.last_error
     many_policies(corpus_copy, 4)
     fixed = ingest_source(source_config=documents_source(corpus_copy, "recovering"))
-    assert fixed["status"] == "completed"
-    assert fixed["objects_live"] == good["objects_live"] == len(stored_objects(store))
+    assert fixed.status == "completed"
+    assert fixed.objects_live == good.objects_live == len(stored_objects(store))
     recovered = ledger_state("recovering")
     assert recovered.state is FreshnessState.FRESH
     assert recovered.last_success_at > first_success
-    assert recovered.flow_run_id == fixed["flow_run_id"]
+    assert recovered.flow_run_id == fixed.flow_run_id
     assert recovered.validation["success"] is True
 
 
@@ -164,42 +165,42 @@ def test_model_change_builds_a_new_version_and_switches_only_when_complete(
         documents_source(broken, "side-kb"),
     ]
     for source in sources:
-        assert ingest_source(source_config=source)["status"] == "completed"
+        assert ingest_source(source_config=source).status == "completed"
     v1_objects = stored_objects(store)
     assert live_collection(store) == "PolicyChunk_v1"
 
     monkeypatch.setenv("FRESHKB_EMBEDDING_MODEL", other_model)
     refused = ingest_source(source_config=sources[0])
-    assert refused["status"] == "failed"
-    assert "never mixed" in refused["error"] and "freshkb rebuild" in refused["error"]
+    assert refused.status == "failed"
+    assert "never mixed" in refused.error and "freshkb rebuild" in refused.error
 
     (broken / "policy-00.md").write_bytes(b"")
     (broken / "policy-01.md").write_bytes(b"")
     failed = rebuild_index("documents", sources=sources)
-    assert failed["promoted"] is False
-    assert "side-kb" in failed["error"] and "not promoted" in failed["error"]
+    assert failed.promoted is False
+    assert "side-kb" in failed.error and "not promoted" in failed.error
     assert live_collection(store) == "PolicyChunk_v1"
     assert stored_objects(store) == v1_objects, "answers kept reading the complete version"
-    incomplete = {v.name: v for v in store.versions(SourceKind.DOCUMENTS)}[failed["version"]]
+    incomplete = {v.name: v for v in store.versions(SourceKind.DOCUMENTS)}[failed.version]
     assert incomplete.failed_at and not incomplete.complete and not incomplete.live
 
     many_policies(broken, 2)
     rebuilt = rebuild_index("documents", sources=sources)
-    assert rebuilt["promoted"] is True, rebuilt.get("error")
-    assert rebuilt["previous"] == "PolicyChunk_v1"
-    assert rebuilt["dropped"] == [failed["version"]] != [rebuilt["version"]]
-    assert not store.client.collections.exists(failed["version"])
-    assert live_collection(store) == rebuilt["version"] != "PolicyChunk_v1"
+    assert rebuilt.promoted is True, rebuilt.error
+    assert rebuilt.previous == "PolicyChunk_v1"
+    assert rebuilt.dropped == [failed.version] != [rebuilt.version]
+    assert not store.client.collections.exists(failed.version)
+    assert live_collection(store) == rebuilt.version != "PolicyChunk_v1"
     store._physical.clear()
     assert set(stored_objects(store)) == set(v1_objects), "same objects, new vectors"
     versions = {v.name: v for v in store.versions(SourceKind.DOCUMENTS)}
     assert versions["PolicyChunk_v1"].model_id == "sentence-transformers/all-MiniLM-L6-v2"
-    assert versions[rebuilt["version"]].model_id == "local:minilm-copy"
-    assert versions[rebuilt["version"]].live and versions[rebuilt["version"]].complete
-    assert versions[rebuilt["version"]].objects == len(v1_objects)
-    assert ledger_state("main-kb").flow_run_id == rebuilt["reports"][0]["flow_run_id"]
+    assert versions[rebuilt.version].model_id == "local:minilm-copy"
+    assert versions[rebuilt.version].live and versions[rebuilt.version].complete
+    assert versions[rebuilt.version].objects == len(v1_objects)
+    assert ledger_state("main-kb").flow_run_id == rebuilt.reports[0].flow_run_id
     again = ingest_source(source_config=sources[0])
-    assert again["status"] == "completed" and again["objects_written"] == 0
+    assert again.status == "completed" and again.objects_written == 0
 
 
 def test_rollback_restores_the_previous_answers(store, prefect_harness, corpus_copy, tmp_path):
@@ -207,11 +208,11 @@ def test_rollback_restores_the_previous_answers(store, prefect_harness, corpus_c
     source = documents_source(corpus_copy, "rollback-kb")
     ingest_source(source_config=source)
     rebuilt = rebuild_index("documents", sources=[source])
-    assert rebuilt["promoted"] is True
+    assert rebuilt.promoted is True
     (corpus_copy / "returns.md").write_text(
         "# Returns policy\n\n## Footwear\n\nFootwear can no longer be returned after 7 days.\n"
     )
-    assert ingest_source(source_config=source)["documents_changed"] == 1
+    assert ingest_source(source_config=source).documents_changed == 1
     store._physical.clear()
     assert "7 days" in search(store, "return unworn footwear", k=1)[0].text
 
@@ -228,7 +229,7 @@ def test_rollback_restores_the_previous_answers(store, prefect_harness, corpus_c
     assert rolled.returncode == 0, rolled.stderr[-3000:]
     assert json.loads(rolled.stdout) == {
         "kind": "documents",
-        "from": rebuilt["version"],
+        "from": rebuilt.version,
         "to": "PolicyChunk_v1",
     }
     store._physical.clear()
@@ -243,7 +244,7 @@ def test_rollback_restores_the_previous_answers(store, prefect_harness, corpus_c
     )
     versions = {v["name"]: v for v in json.loads(listed.stdout)}
     assert versions["PolicyChunk_v1"]["live"] is True
-    assert versions[rebuilt["version"]]["rolled_back_at"] is not None
+    assert versions[rebuilt.version]["rolled_back_at"] is not None
     again = subprocess.run(
         _freshkb("rollback", "--kind", "documents"),
         capture_output=True,

@@ -103,11 +103,11 @@ def test_first_ingest_writes_every_chunk_and_search_finds_known_passage(
 ):
     write_policies(corpus_copy)
     report = ingest_source(source_config=documents_source(corpus_copy))
-    assert report["status"] == "completed", report
-    assert report["documents_new"] == 3
-    assert report["documents_failed"] == 0
+    assert report.status == "completed", report
+    assert report.documents_new == 3
+    assert report.documents_failed == 0
     objects = stored_objects(store)
-    assert report["objects_written"] == len(objects) == report["chunks_embedded"]
+    assert report.objects_written == len(objects) == report.chunks_embedded
     assert {o["document_key"] for o in objects.values()} == {
         "returns.md",
         "shipping.md",
@@ -115,7 +115,7 @@ def test_first_ingest_writes_every_chunk_and_search_finds_known_passage(
     }
     for obj in objects.values():
         assert obj["source"] == "kb"
-        assert obj["flow_run_id"] == report["flow_run_id"]
+        assert obj["flow_run_id"] == report.flow_run_id
         assert obj["content_hash"] and obj["ingested_at"] and obj["title"]
     hits = search(store, "how long do I have to return shoes I have not worn?")
     assert hits[0].document_key == "returns.md"
@@ -127,16 +127,16 @@ def test_unchanged_corpus_reingest_writes_nothing(store, prefect_harness, corpus
     first = ingest_source(source_config=documents_source(corpus_copy))
     before = stored_objects(store)
     again = ingest_source(source_config=documents_source(corpus_copy))
-    assert again["status"] == "completed"
-    assert again["documents_unchanged"] == 3
-    assert first["documents_reused"] == 0
-    assert again["documents_reused"] == 3, "unchanged files are not partitioned again"
-    assert again["documents_new"] == again["documents_changed"] == 0
-    assert again["chunks_embedded"] == again["embeddings_computed"] == 0
-    assert again["objects_written"] == again["objects_deleted"] == 0
+    assert again.status == "completed"
+    assert again.documents_unchanged == 3
+    assert first.documents_reused == 0
+    assert again.documents_reused == 3, "unchanged files are not partitioned again"
+    assert again.documents_new == again.documents_changed == 0
+    assert again.chunks_embedded == again.embeddings_computed == 0
+    assert again.objects_written == again.objects_deleted == 0
     after = stored_objects(store)
     assert after == before, "an unchanged re-run must not rewrite any object"
-    assert {o["flow_run_id"] for o in after.values()} == {first["flow_run_id"]}
+    assert {o["flow_run_id"] for o in after.values()} == {first.flow_run_id}
 
 
 def test_touching_a_file_without_editing_it_is_not_a_change(store, prefect_harness, corpus_copy):
@@ -145,8 +145,8 @@ def test_touching_a_file_without_editing_it_is_not_a_change(store, prefect_harne
     later = time.time() + 3600
     os.utime(corpus_copy / "shipping.md", (later, later))
     report = ingest_source(source_config=documents_source(corpus_copy))
-    assert report["documents_unchanged"] == 3
-    assert report["objects_written"] == 0
+    assert report.documents_unchanged == 3
+    assert report.objects_written == 0
 
 
 def test_editing_one_file_rewrites_only_its_chunks(store, prefect_harness, corpus_copy):
@@ -157,16 +157,16 @@ def test_editing_one_file_rewrites_only_its_chunks(store, prefect_harness, corpu
         SHIPPING.replace("Orders over $75 ship free", "Orders over $120 ship free")
     )
     report = ingest_source(source_config=documents_source(corpus_copy))
-    assert report["documents_changed"] == 1
-    assert report["documents_unchanged"] == report["documents_reused"] == 2
+    assert report.documents_changed == 1
+    assert report.documents_unchanged == report.documents_reused == 2
     after = stored_objects(store)
-    rewritten = {u for u, o in after.items() if o["flow_run_id"] == report["flow_run_id"]}
+    rewritten = {u for u, o in after.items() if o["flow_run_id"] == report.flow_run_id}
     assert {after[u]["document_key"] for u in rewritten} == {"shipping.md"}
-    assert report["objects_written"] == len(rewritten)
+    assert report.objects_written == len(rewritten)
     for uuid, obj in after.items():
         if obj["document_key"] != "shipping.md":
             assert obj == before[uuid]
-            assert obj["flow_run_id"] == first["flow_run_id"]
+            assert obj["flow_run_id"] == first.flow_run_id
     shipping_text = " ".join(
         o["text"] for o in after.values() if o["document_key"] == "shipping.md"
     )
@@ -181,9 +181,9 @@ def test_shortened_document_drops_its_tail_chunks(store, prefect_harness, corpus
     (corpus_copy / "repairs.md").write_text(long_policy(1))
     report = ingest_source(source_config=documents_source(corpus_copy))
     after = stored_objects(store)
-    assert report["documents_changed"] == 1
-    assert len(after) == report["objects_written"] < long_count
-    assert report["objects_deleted"] == long_count - len(after)
+    assert report.documents_changed == 1
+    assert len(after) == report.objects_written < long_count
+    assert report.objects_deleted == long_count - len(after)
     assert sorted(o["position"] for o in after.values()) == list(range(len(after)))
 
 
@@ -197,9 +197,9 @@ def test_deleted_file_removes_its_chunks(store, prefect_harness, corpus_copy):
     # One of three is 33%, above the default mass-deletion limit; this source allows a half.
     relaxed = {**documents_source(corpus_copy), "expectations": {"max_delete_share": 0.5}}
     report = ingest_source(source_config=relaxed)
-    assert report["status"] == "completed", report["error"]
-    assert report["documents_deleted"] == 1
-    assert report["objects_deleted"] == len(warranty_objects) > 0
+    assert report.status == "completed", report.error
+    assert report.documents_deleted == 1
+    assert report.objects_deleted == len(warranty_objects) > 0
     assert all(o["document_key"] != "warranty.md" for o in stored_objects(store).values())
 
 
@@ -211,14 +211,14 @@ def test_file_turned_corrupt_keeps_its_last_good_chunks_and_is_reported(
     # Half the files failing is allowed here, so the run passes its gate and syncs.
     lenient = {**documents_source(corpus_copy), "expectations": {"max_failed_share": 0.5}}
     first = ingest_source(source_config=lenient)
-    assert first["documents_failed"] == 1
-    assert first["failures"][0]["item"] == "guide.pdf"
+    assert first.documents_failed == 1
+    assert first.failures[0].item == "guide.pdf"
     before = stored_objects(store)
     (corpus_copy / "returns.md").write_bytes(b"\xff\xfe\x00garbage\x00\xff" * 50)
     report = ingest_source(source_config=lenient)
-    assert report["status"] == "completed", report["error"]
-    assert {f["item"] for f in report["failures"]} == {"guide.pdf", "returns.md"}
-    assert report["documents_deleted"] == 0
+    assert report.status == "completed", report.error
+    assert {f.item for f in report.failures} == {"guide.pdf", "returns.md"}
+    assert report.documents_deleted == 0
     assert stored_objects(store) == before
 
 
@@ -226,11 +226,11 @@ def test_outdoor_manuals_ingest_counts(store, prefect_harness):
     folder = shared_dir() / "corpus" / "policies" / "outdoor-manuals"
     config = {**documents_source(folder, "outdoor-manuals"), "include": ["*.md"]}
     report = ingest_source(source_config=config)
-    assert report["status"] == "completed"
-    assert report["documents_seen"] == report["documents_new"] == 20
-    assert report["documents_failed"] == 0
+    assert report.status == "completed"
+    assert report.documents_seen == report.documents_new == 20
+    assert report.documents_failed == 0
     objects = stored_objects(store)
-    assert len(objects) == report["objects_written"] == report["chunks_embedded"]
+    assert len(objects) == report.objects_written == report.chunks_embedded
     per_document: dict[str, set[int]] = {}
     for obj in objects.values():
         per_document.setdefault(obj["document_id"], set()).add(obj["position"])
@@ -268,12 +268,12 @@ def retail_users_orders() -> tuple[dict, dict]:
 def test_retail_customers_ingest_counts_and_isolation(store, prefect_harness, retail_users_orders):
     users, orders = retail_users_orders
     report = ingest_source(source_config=retail_source())
-    assert report["status"] == "completed", report
-    assert report["documents_new"] == len(users) + len(orders) == 1500
-    assert report["documents_failed"] == 0
+    assert report.status == "completed", report
+    assert report.documents_new == len(users) + len(orders) == 1500
+    assert report.documents_failed == 0
     collection = store.client.collections.get(store.live_collection(SourceKind.CUSTOMERS))
     assert len(collection.tenants.get()) == len(users)
-    assert store.count(SourceKind.CUSTOMERS) == report["objects_written"]
+    assert store.count(SourceKind.CUSTOMERS) == report.objects_written
 
     alice, bob = "noah_brown_6181", "ivan_santos_6635"
     for customer, other in ((alice, bob), (bob, alice)):
@@ -293,8 +293,8 @@ def test_retail_customers_ingest_counts_and_isolation(store, prefect_harness, re
 def test_retail_customers_unchanged_reingest_writes_nothing(store, prefect_harness):
     ingest_source(source_config=retail_source())
     again = ingest_source(source_config=retail_source())
-    assert again["documents_unchanged"] == 1500
-    assert again["chunks_embedded"] == again["objects_written"] == again["objects_deleted"] == 0
+    assert again.documents_unchanged == 1500
+    assert again.chunks_embedded == again.objects_written == again.objects_deleted == 0
 
 
 def _cli_env(tmp_path: Path) -> dict[str, str]:
@@ -387,8 +387,8 @@ def test_killed_ingest_rerun_converges_without_duplicates(
 
     store._physical.clear()
     rerun = ingest_source(source_config=source)
-    assert rerun["status"] == "completed"
-    assert rerun["documents_new"] + rerun["documents_changed"] > 0
+    assert rerun.status == "completed"
+    assert rerun.documents_new + rerun.documents_changed > 0
     converged = stored_objects(store, SourceKind.CUSTOMERS)
 
     store.client.alias.delete(alias_name="CustomerRecord")
@@ -396,7 +396,7 @@ def test_killed_ingest_rerun_converges_without_duplicates(
     store._physical.clear()
     clean = ingest_source(source_config=source)
     reference = stored_objects(store, SourceKind.CUSTOMERS)
-    assert clean["objects_written"] == len(reference)
+    assert clean.objects_written == len(reference)
     assert set(converged) == set(reference), "same UUIDs: no duplicates, nothing missing"
     for uuid, obj in reference.items():
         for field in ("text", "content_hash", "chunk_hash", "document_id", "customer_id"):
@@ -421,6 +421,6 @@ def test_unreachable_source_fails_alone_in_an_all_sources_run(
         )
     )
     gone, good = ingest_all(str(config))
-    assert gone["status"] == "failed"
-    assert "does not exist" in gone["error"] and "unmounted" in gone["error"]
-    assert good["status"] == "completed" and good["documents_new"] == 3
+    assert gone.status == "failed"
+    assert "does not exist" in gone.error and "unmounted" in gone.error
+    assert good.status == "completed" and good.documents_new == 3

@@ -12,21 +12,25 @@ import pytest
 from fixtures_files import pdf_bytes, shared_dir, write_docx, write_pdf
 
 from freshkb.core import ids
-from freshkb.core.config import SourceConfig
 from freshkb.core.errors import ConfigError, TransientError
 from freshkb.core.records import SourceKind
+from freshkb.core.sources import AnySource, parse_source
 from freshkb.loaders import loader_for
 from freshkb.loaders.nlp_model import install_offline_spacy_model, load_spacy_model
 
 
-def documents(folder: Path, **extra) -> SourceConfig:
+def documents(folder: Path, **extra) -> AnySource:
     """A documents source over `folder`."""
-    return SourceConfig(name="docs", kind=SourceKind.DOCUMENTS, location=str(folder), **extra)
+    return parse_source(
+        {"name": "docs", "kind": SourceKind.DOCUMENTS, "location": str(folder), **extra}
+    )
 
 
-def customers(location: str | Path, **extra) -> SourceConfig:
+def customers(location: str | Path, **extra) -> AnySource:
     """A customers source."""
-    return SourceConfig(name="crm", kind=SourceKind.CUSTOMERS, location=str(location), **extra)
+    return parse_source(
+        {"name": "crm", "kind": SourceKind.CUSTOMERS, "location": str(location), **extra}
+    )
 
 
 def by_key(result):

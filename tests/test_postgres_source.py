@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from freshkb.core.config import SourceConfig
 from freshkb.core.errors import ConfigError, TransientError
 from freshkb.core.records import SourceKind
+from freshkb.core.sources import CustomerSqlSourceConfig
 from freshkb.loaders import loader_for
 
 pytestmark = [pytest.mark.integration]
@@ -106,7 +106,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_postgres_table_records_attach_to_their_customer(postgres_url):
-    source = SourceConfig(
+    source = CustomerSqlSourceConfig(
         name="crm",
         kind=SourceKind.CUSTOMERS,
         location=postgres_url,
@@ -124,7 +124,7 @@ def test_postgres_table_records_attach_to_their_customer(postgres_url):
 
 
 def test_postgres_query_with_nested_json_column(postgres_url):
-    source = SourceConfig(
+    source = CustomerSqlSourceConfig(
         name="crm",
         kind=SourceKind.CUSTOMERS,
         location=postgres_url,
@@ -139,7 +139,7 @@ def test_postgres_query_with_nested_json_column(postgres_url):
 
 def test_postgres_server_down_is_transient(postgres_url):
     down = postgres_url.replace(f":{PG_PORT}/", ":1/")
-    source = SourceConfig(
+    source = CustomerSqlSourceConfig(
         name="crm",
         kind=SourceKind.CUSTOMERS,
         location=down,
@@ -151,7 +151,7 @@ def test_postgres_server_down_is_transient(postgres_url):
 
 
 def test_postgres_missing_table_names_the_fix(postgres_url):
-    source = SourceConfig(
+    source = CustomerSqlSourceConfig(
         name="crm",
         kind=SourceKind.CUSTOMERS,
         location=postgres_url,

@@ -1,123 +1,112 @@
-"""The Weaviate store against a real server: schema, idempotent writes, deletes, tenants."""
+"""The Weaviate store: the store contract against a real server, plus what only Weaviate has
+(tenant-scoped handles, connections, version records in collection descriptions)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from store_contract import DIM, MODEL, IndexContract, embedded, write
 
-from freshkb.core import ids
-from freshkb.core.errors import ConfigError
-from freshkb.core.records import Chunk, EmbeddedChunk, SourceKind
-
-pytestmark = [pytest.mark.integration]
-
-DIM = 4
-MODEL = "test-model"
-
-
-def embedded(
-    key: str,
-    texts: list[str],
-    kind: SourceKind = SourceKind.DOCUMENTS,
-    customer_id: str | None = None,
-    version: str = "v1",
-) -> list[EmbeddedChunk]:
-    """Chunks of one document with simple, distinct vectors."""
-    doc_id = ids.document_id("src", key)
-    items = []
-    for position, text in enumerate(texts):
-        chunk = Chunk(
-            uuid=ids.chunk_uuid(doc_id, position),
-            document_id=doc_id,
-            position=position,
-            chunk_count=len(texts),
-            text=text,
-            chunk_hash=ids.content_hash(text),
-            source="src",
-            kind=kind,
-            key=key,
-            title=key,
-            section_title=None,
-            page=position + 1,
-            content_hash=ids.content_hash(version, *texts),
-            modified_at=datetime.now(UTC),
-            customer_id=customer_id,
-        )
-        vector = [0.0] * DIM
-        vector[position % DIM] = 1.0
-        items.append(EmbeddedChunk(chunk, tuple(vector)))
-    return items
+from freshkb.core.config import Settings
+from freshkb.core.records import SourceKind
+from freshkb.store import server
+from freshkb.store.connection import Endpoint, endpoint
+from freshkb.store.description import VersionDescription, VersionState
+from freshkb.store.weaviate_store import WeaviateStore, open_store
 
 
-def write(store, items):
-    """Upsert with fixed run metadata."""
-    return store.upsert(items, ingested_at=datetime.now(UTC), flow_run_id="run-1", model_id=MODEL)
+@pytest.mark.integration
+class TestWeaviateIndex(IndexContract):
+    """The whole store contract, run against a real Weaviate server."""
+
+    @pytest.fixture
+    def index(self, store: WeaviateStore) -> WeaviateStore:
+        """The session's Weaviate, emptied."""
+        return store
 
 
-def test_writing_the_same_chunks_twice_leaves_one_copy(store):
-    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
-    items = embedded("a.md", ["alpha text", "beta text", "gamma text"])
-    assert write(store, items).written == 3
-    assert write(store, items).written == 3
-    assert store.count(SourceKind.DOCUMENTS) == 3
-    stored = store.stored_documents("src", SourceKind.DOCUMENTS)
-    (doc,) = stored.values()
-    assert doc.complete and doc.chunk_count == 3
-    assert doc.content_hash == items[0].chunk.content_hash
-
-
-def test_missing_chunk_marks_the_document_incomplete(store):
-    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
-    items = embedded("a.md", ["one", "two", "three"])
-    write(store, [items[0], items[2]])
-    (doc,) = store.stored_documents("src", SourceKind.DOCUMENTS).values()
-    assert not doc.complete
-
-
-def test_failed_objects_are_reported_one_by_one(store):
-    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
-    good = embedded("a.md", ["fine"])
-    bad_chunk = embedded("b.md", ["wrong dimension"])[0]
-    bad = EmbeddedChunk(bad_chunk.chunk, (1.0, 0.0))
-    result = write(store, [*good, bad])
-    assert result.written == 1
-    assert [uuid for uuid, _ in result.failed] == [bad.chunk.uuid]
-    assert "2 dimensions" in result.failed[0][1]
-
-
-def test_delete_documents_and_tail_positions(store):
-    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
-    a = embedded("a.md", ["a0", "a1", "a2", "a3"])
-    b = embedded("b.md", ["b0"])
-    write(store, a + b)
-    assert store.delete_positions_from(SourceKind.DOCUMENTS, a[0].chunk.document_id, 2, None) == 2
-    stored = store.stored_documents("src", SourceKind.DOCUMENTS)
-    assert store.count(SourceKind.DOCUMENTS) == 3
-    assert store.delete_documents(SourceKind.DOCUMENTS, [stored[b[0].chunk.document_id]]) == 1
-    assert set(store.stored_documents("src", SourceKind.DOCUMENTS)) == {a[0].chunk.document_id}
-
-
-def test_another_embedding_model_is_refused_instead_of_mixing_vectors(store):
-    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
-    with pytest.raises(ConfigError, match="never mixed"):
-        store.ensure_schema(SourceKind.DOCUMENTS, "other-model", 768)
-
-
-def test_customer_records_live_in_their_own_tenant(store):
-    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
+@pytest.mark.integration
+def test_customer_collection_is_unreachable_without_a_customer_id(store: WeaviateStore) -> None:
     store.ensure_schema(SourceKind.CUSTOMERS, MODEL, DIM)
-    write(store, embedded("policy.md", ["refund policy for everyone"]))
-    write(store, embedded("a.csv:1", ["refund of order 111 for ann"], SourceKind.CUSTOMERS, "ann"))
-    write(store, embedded("a.csv:2", ["refund of order 222 for bob"], SourceKind.CUSTOMERS, "bob"))
-    vector = [1.0, 0.0, 0.0, 0.0]
-    ann = store.search("refund order", vector, k=10, customer_id="ann")
-    assert {h.text for h in ann} == {"refund policy for everyone", "refund of order 111 for ann"}
-    anonymous = store.search("refund order", vector, k=10)
-    assert {h.kind for h in anonymous} == {SourceKind.DOCUMENTS}
-    nobody = store.search("refund order", vector, k=10, customer_id="carol")
-    assert all(h.kind is SourceKind.DOCUMENTS for h in nobody)
-    records = store.stored_documents("src", SourceKind.CUSTOMERS)
-    assert {d.customer_id for d in records.values()} == {"ann", "bob"}
+    write(store, embedded("a.csv:1", ["ann's order"], SourceKind.CUSTOMERS, "ann"))
     with pytest.raises(ValueError, match="customer id"):
         store._collection(SourceKind.CUSTOMERS)
+
+
+@pytest.mark.integration
+def test_open_store_connects_and_closes(weaviate_settings: Any) -> None:
+    with open_store(weaviate_settings) as opened:
+        assert opened.is_ready()
+    assert not opened.client.is_connected()
+
+
+@pytest.mark.integration
+def test_new_versions_carry_a_json_record_and_old_key_value_ones_still_read(
+    store: WeaviateStore,
+) -> None:
+    name = store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM, flow_run_id="run-1")
+    record = store.version_description(name)
+    assert (record.model_id, record.dimension, record.flow_run_id) == (MODEL, DIM, "run-1")
+    assert record.state is VersionState.COMPLETE
+    old = "freshkb documents; model=old-model dim=8 created=2025-01-01T00:00:00Z flow_run=r0"
+    store.client.collections.get(name).config.update(description=old)
+    assert store.collection_model(name) == ("old-model", 8)
+    (version,) = store.versions(SourceKind.DOCUMENTS)
+    assert (version.model_id, version.created_at, version.flow_run_id) == (
+        "old-model",
+        "2025-01-01T00:00:00Z",
+        "r0",
+    )
+
+
+def test_version_record_round_trips_through_its_description() -> None:
+    record = VersionDescription(
+        kind=SourceKind.CUSTOMERS,
+        model_id="local:my model",  # a space: the key=value form could not hold it
+        dimension=384,
+        created_at="2026-11-25T12:00:00Z",
+        flow_run_id="run-7",
+        promoted_at="2026-11-25T12:05:00Z",
+    )
+    text = record.to_text()
+    assert text.startswith("freshkb customers; {")
+    assert VersionDescription.from_text(text, SourceKind.CUSTOMERS) == record
+    retired = record.with_times(retired_at="2026-11-26T00:00:00Z")
+    assert VersionDescription.from_text(retired.to_text(), SourceKind.CUSTOMERS) == retired
+
+
+def test_version_record_reads_the_older_key_value_description() -> None:
+    text = (
+        "freshkb documents; model=sentence-transformers/all-MiniLM-L6-v2 dim=384 "
+        "created=2026-01-01T00:00:00Z flow_run=local promoted=2026-01-01T00:00:01Z "
+        "retired=2026-02-01T00:00:00Z rolled_back=2026-02-02T00:00:00Z"
+    )
+    record = VersionDescription.from_text(text, SourceKind.DOCUMENTS)
+    assert record.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert record.dimension == 384
+    assert record.flow_run_id == "local"
+    assert record.retired_at == "2026-02-01T00:00:00Z"
+    assert record.state is VersionState.ROLLED_BACK
+    assert VersionDescription.from_text(None, SourceKind.DOCUMENTS).state is VersionState.BUILDING
+
+
+def test_version_state_ranks_failed_over_rolled_back_over_complete() -> None:
+    base = VersionDescription(kind=SourceKind.DOCUMENTS)
+    assert base.state is VersionState.BUILDING
+    promoted = base.with_times(promoted_at="t1")
+    assert promoted.state is VersionState.COMPLETE
+    assert promoted.with_times(rolled_back_at="t2").state is VersionState.ROLLED_BACK
+    assert base.with_times(failed_at="t3").state is VersionState.FAILED
+
+
+def test_endpoint_takes_the_schemes_default_port() -> None:
+    assert endpoint("https://weaviate.example.com") == Endpoint("weaviate.example.com", 443, True)
+    assert endpoint("http://10.0.0.5:8080") == Endpoint("10.0.0.5", 8080, False)
+
+
+def test_ensure_running_leaves_a_users_own_server_alone() -> None:
+    settings = Settings(weaviate_url="http://127.0.0.1:1")
+    announced: list[str] = []
+    assert server.ensure_running(settings, announce=announced.append) is None
+    assert announced == []

@@ -11,18 +11,21 @@ from typing import Any
 
 import pytest
 
-from freshkb.core.config import SourceConfig, parse_duration
+from freshkb.core.durations import parse_duration
 from freshkb.core.records import LoadedDocument, LoadFailure, SourceKind, StoredDocument
+from freshkb.core.report import RunReport
+from freshkb.core.sources import AnySource, parse_source
 from freshkb.loaders import loader_for
-from freshkb.store.ledger import FreshnessState, Ledger
+from freshkb.store.ledger import Ledger
 from freshkb.store.sync import plan_sync
 from freshkb.validation.breaker import MassDeletionRefused, check_deletions
+from freshkb.validation.freshness import FreshnessState
 from freshkb.validation.gate import validate_load
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def customers_source(folder: Path, **extra: Any) -> SourceConfig:
+def customers_source(folder: Path, **extra: Any) -> AnySource:
     """A customers source over `folder`, keyed by customer_id."""
     fields = {
         "name": "crm",
@@ -32,7 +35,7 @@ def customers_source(folder: Path, **extra: Any) -> SourceConfig:
         "key": "customer_id",
         **extra,
     }
-    return SourceConfig.model_validate(fields)
+    return parse_source(fields)
 
 
 def write_customers(path: Path, count: int, **overrides: Any) -> None:
@@ -53,7 +56,7 @@ def write_customers(path: Path, count: int, **overrides: Any) -> None:
         writer.writerows(rows)
 
 
-def gate(source: SourceConfig, tmp_path: Path | None = None, now: datetime = NOW):
+def gate(source: AnySource, tmp_path: Path | None = None, now: datetime = NOW):
     """Load the source for real and run its gate."""
     return validate_load(source, loader_for(source).load(), results_dir=tmp_path, now=now)
 
@@ -158,7 +161,7 @@ def test_too_many_unreadable_files_fail_the_gate(tmp_path):
     for n in range(4):
         (tmp_path / f"good{n}.md").write_text(f"# Policy {n}\n\nText of policy {n}.\n")
         (tmp_path / f"bad{n}.pdf").write_bytes(b"")
-    source = SourceConfig.model_validate(
+    source = parse_source(
         {"name": "kb", "kind": "documents", "location": str(tmp_path)}
     )
     outcome = gate(source)
@@ -180,7 +183,7 @@ def test_failed_share_names_the_files_and_ignores_unsupported_types(tmp_path):
     # reported, but do not count as files that failed to parse.
     (tmp_path / "LICENSE").write_text("MIT License")
     (tmp_path / "NOTES.tau-bench").write_text("where these came from")
-    source = SourceConfig.model_validate(
+    source = parse_source(
         {"name": "kb", "kind": "documents", "location": str(tmp_path)}
     )
     loaded = loader_for(source).load()
@@ -196,7 +199,7 @@ def test_failed_share_names_the_files_and_ignores_unsupported_types(tmp_path):
 
 
 def test_empty_source_fails_the_document_count(tmp_path):
-    source = SourceConfig.model_validate(
+    source = parse_source(
         {"name": "kb", "kind": "documents", "location": str(tmp_path)}
     )
     outcome = gate(source)
@@ -214,7 +217,7 @@ def test_durations_parse(text, seconds):
 
 def test_bad_duration_in_config_names_the_fix():
     with pytest.raises(ValueError, match="write it as 90s, 15m, 24h"):
-        SourceConfig.model_validate(
+        parse_source(
             {"name": "x", "kind": "documents", "location": ".", "freshness": {"max_age": "soon"}}
         )
 
@@ -222,9 +225,9 @@ def test_bad_duration_in_config_names_the_fix():
 # -- ledger -----------------------------------------------------------------------------------
 
 
-def docs_source(name: str = "kb", max_age: str = "1h", **extra: Any) -> SourceConfig:
+def docs_source(name: str = "kb", max_age: str = "1h", **extra: Any) -> AnySource:
     """A documents source with a freshness SLA (the folder is never read here)."""
-    return SourceConfig.model_validate(
+    return parse_source(
         {
             "name": name,
             "kind": "documents",
@@ -235,10 +238,16 @@ def docs_source(name: str = "kb", max_age: str = "1h", **extra: Any) -> SourceCo
     )
 
 
-def run(ledger: Ledger, source: SourceConfig, at: datetime, status: str = "completed", **kw):
+def run(ledger: Ledger, source: AnySource, at: datetime, status: str = "completed", **kw):
     """Record one finished run in the ledger."""
     run_id = ledger.record_attempt(source, f"run-{at.isoformat()}", at)
-    report = {"source": source.name, "status": status, "flow_run_id": f"run-{at}", **kw}
+    report = RunReport(
+        source=source.name,
+        kind=source.kind.value,
+        status=status,
+        flow_run_id=f"run-{at}",
+        error=kw.get("error"),
+    )
     ledger.record_result(run_id, report, at + timedelta(seconds=5), kw.get("newest"))
 
 
@@ -270,7 +279,7 @@ def test_failed_run_keeps_the_last_success_and_a_good_run_clears_it(ledger):
     run(ledger, source, NOW + timedelta(hours=2))
     state = ledger.state("kb", NOW + timedelta(hours=2, minutes=1))
     assert state.state is FreshnessState.FRESH and state.reasons == ()
-    assert [r["status"] for r in ledger.runs("kb")] == ["completed", "failed", "completed"]
+    assert [r.status for r in ledger.runs("kb")] == ["completed", "failed", "completed"]
 
 
 def test_stale_beats_failed_and_never_synced_is_listed(ledger):

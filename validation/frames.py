@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from freshkb.core.config import SourceConfig
 from freshkb.core.records import LoadResult, SourceKind
+from freshkb.core.sources import CustomerSourceConfig, SourceConfig
 
 # Fields recognised as a record's last-update time when `record_time_field` is not set.
 UPDATED_FIELDS = ("updated_at", "updatedAt", "last_modified", "modified_at", "lastModified")
@@ -89,7 +89,7 @@ def build_frames(source: SourceConfig, loaded: LoadResult) -> ValidationFrames:
 
 
 def _group(source: SourceConfig, label: str) -> str:
-    return "*" if source.is_sql else source.file_group(label)
+    return source.file_group(label) if isinstance(source, CustomerSourceConfig) else "*"
 
 
 def _record_row(

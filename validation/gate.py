@@ -16,8 +16,15 @@ from typing import Any
 
 import pandas as pd
 
-from freshkb.core.config import NAMED_FORMATS, RecordExpectations, SourceConfig
-from freshkb.core.records import LoadResult, SourceKind
+from freshkb.core.records import LoadResult
+from freshkb.core.report import ValidationSummary
+from freshkb.core.sources import (
+    NAMED_FORMATS,
+    CustomerSourceConfig,
+    Expectations,
+    RecordExpectations,
+    SourceConfig,
+)
 from freshkb.validation.frames import RECORD_TIME, ValidationFrames, build_frames
 
 # GX sends usage statistics unless told not to; freshkb never phones home.
@@ -44,23 +51,26 @@ class ValidationOutcome:
     results_file: str | None = None
     newest_record_at: datetime | None = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ValidationSummary:
         """What the run report and the ledger keep (results stay in the JSON file)."""
-        return {
-            "success": self.success,
-            "evaluated": self.evaluated,
-            "failed": self.failed,
-            "failures": self.failures,
-            "results_file": self.results_file,
-        }
+        return ValidationSummary(
+            self.success, self.evaluated, self.failed, tuple(self.failures), self.results_file
+        )
 
 
 def build_checks(source: SourceConfig, frames: ValidationFrames, now: datetime) -> list[Check]:
     """Every expectation of a source, each bound to the frame it checks."""
+    checks = _load_checks(source.expectations)
+    if isinstance(source, CustomerSourceConfig):
+        checks += _record_checks(source, frames, now)
+    return checks
+
+
+def _load_checks(expect: Expectations) -> list[Check]:
+    """What every source is held to: the failed share, the document count, no empty text."""
     import great_expectations.expectations as gxe
 
-    expect = source.expectations
-    checks = [
+    return [
         Check(
             "items",
             gxe.ExpectColumnValuesToBeInSet(
@@ -87,8 +97,15 @@ def build_checks(source: SourceConfig, frames: ValidationFrames, now: datetime) 
             ),
         ),
     ]
-    if source.kind is not SourceKind.CUSTOMERS:
-        return checks
+
+
+def _record_checks(
+    source: CustomerSourceConfig, frames: ValidationFrames, now: datetime
+) -> list[Check]:
+    """Customer records, per file group: unique keys, its column rules, and record age."""
+    import great_expectations.expectations as gxe
+
+    checks: list[Check] = []
     for group, frame in frames.record_groups.items():
         name = f"records {group}"
         checks.append(
@@ -102,22 +119,19 @@ def build_checks(source: SourceConfig, frames: ValidationFrames, now: datetime) 
         )
         checks += _column_checks(name, source.record_expectations(group), list(frame.columns))
     record_max_age = source.freshness.record_max_age_seconds
-    if record_max_age is not None:
-        oldest_allowed = now - timedelta(seconds=record_max_age)
-        for group in frames.record_groups:
-            checks.append(
-                Check(
-                    f"records {group}",
-                    gxe.ExpectColumnMaxToBeBetween(
-                        column=RECORD_TIME,
-                        min_value=oldest_allowed,
-                        meta={
-                            "explain": "the newest record was updated within "
-                            f"{source.freshness.record_max_age}"
-                        },
-                    ),
-                )
-            )
+    if record_max_age is None:
+        return checks
+    oldest_allowed = now - timedelta(seconds=record_max_age)
+    explain = f"the newest record was updated within {source.freshness.record_max_age}"
+    checks += [
+        Check(
+            f"records {group}",
+            gxe.ExpectColumnMaxToBeBetween(
+                column=RECORD_TIME, min_value=oldest_allowed, meta={"explain": explain}
+            ),
+        )
+        for group in frames.record_groups
+    ]
     return checks
 
 

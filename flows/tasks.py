@@ -1,0 +1,236 @@
+"""The ingest flow's tasks: each wraps one stage function from loaders/, validation/,
+embeddings/, screening/ or store/, takes and returns plain records, and opens its own Weaviate
+connection, so a distributed task runner can run it on another machine. Retries are on tasks,
+and only for transient errors: a corrupt file or a wrong setting does not get better by
+retrying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from freshkb.core.config import Settings
+from freshkb.core.errors import DataError, TransientError
+from freshkb.core.progress import stage_progress
+from freshkb.core.records import (
+    Chunk,
+    EmbeddedChunk,
+    LoadedDocument,
+    LoadResult,
+    SourceKind,
+    StoredDocument,
+    SyncPlan,
+)
+from freshkb.core.sources import AnySource, SourceConfig
+from freshkb.embeddings.cache import VectorCache
+from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
+from freshkb.embeddings.embed import EmbedStats, embed_chunks
+from freshkb.embeddings.embedder import Embedder, get_embedder
+from freshkb.loaders import loader_for
+from freshkb.screening import load_guard
+from freshkb.store.sync import plan_sync
+from freshkb.store.weaviate_store import WeaviateStore, WriteResult, open_store
+from freshkb.validation.gate import ValidationOutcome, validate_load
+
+
+def _only_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry policy: retry transient errors only."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, TransientError)
+
+
+TASK_OPTIONS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_condition_fn": _only_transient,
+    "cache_policy": NO_CACHE,
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The embedding model a run writes vectors of."""
+
+    model_id: str
+    dimension: int
+    max_tokens: int
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    """The configured embedding model (loaded once per process)."""
+    return get_embedder(
+        settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+    )
+
+
+def embedding_model(settings: Settings) -> ModelInfo:
+    """What a run needs to know of the configured embedding model."""
+    embedder = embedder_for(settings)
+    return ModelInfo(embedder.model_id, embedder.dimension, embedder.max_tokens)
+
+
+@contextmanager
+def index(
+    settings: Settings, kind: SourceKind | None = None, target: str | None = None
+) -> Iterator[WeaviateStore]:
+    """The store on its own connection; with `target`, `kind` reads and writes that version."""
+    with open_store(settings) as store:
+        if target is not None and kind is not None:
+            store.use_collection(kind, target)
+        yield store
+
+
+@task(name="index-state", **TASK_OPTIONS)
+def index_state_task(
+    settings: Settings, source: SourceConfig, model: ModelInfo, flow_run_id: str, target: str | None
+) -> dict[str, StoredDocument]:
+    """What the index (the live one, or `target`) holds for this source, per document.
+
+    Also makes sure the live collection exists and was built with the configured model. Read
+    once per run: the load uses it to skip unchanged files, the plan to compare against.
+    """
+    with index(settings, source.kind, target) as store:
+        if target is None:
+            store.ensure_schema(source.kind, model.model_id, model.dimension, flow_run_id)
+        return store.stored_documents(source.name, source.kind)
+
+
+@task(name="load", **TASK_OPTIONS)
+def load_task(source: AnySource, indexed: dict[str, str] | None = None) -> LoadResult:
+    """Pull every document or record of a source; bad items become failures.
+
+    Files whose bytes hash as in `indexed` come back unparsed (see DocumentFolderLoader).
+    """
+    loader = loader_for(source, indexed)
+    loader.precheck()
+    with stage_progress(f"load {source.name}") as advance:
+        return loader.load(lambda done, total, item: advance(done, total))
+
+
+@task(name="plan", **TASK_OPTIONS)
+def plan_task(
+    source: SourceConfig, loaded: LoadResult, stored: dict[str, StoredDocument]
+) -> SyncPlan:
+    """Compare the load with what the index holds for this source."""
+    return plan_sync(source.name, loaded.documents, loaded.failures, stored)
+
+
+@task(name="validate", **TASK_OPTIONS)
+def validate_task(
+    settings: Settings, source: AnySource, loaded: LoadResult, flow_run_id: str, allow_empty: bool
+) -> ValidationOutcome:
+    """Run the source's Great Expectations suites on the load; results saved as JSON."""
+    if allow_empty:
+        expectations = source.expectations.model_copy(update={"min_documents": 0})
+        source = source.model_copy(update={"expectations": expectations})
+    return validate_load(
+        source, loaded, results_dir=settings.validation_results_dir, run_id=flow_run_id
+    )
+
+
+@task(name="chunk", **TASK_OPTIONS)
+def chunk_task(documents: tuple[LoadedDocument, ...], policy: ChunkingPolicy) -> list[Chunk]:
+    """Chunk the documents that are new or changed."""
+    return chunk_documents(documents, policy)
+
+
+@task(name="screen", **TASK_OPTIONS)
+def screen_task(settings: Settings, chunks: list[Chunk]) -> list[Chunk]:
+    """Flag chunks that carry instructions aimed at an AI (indirect prompt injection).
+
+    Flagged chunks are still stored, so search and audits see them, but carry the reason; the
+    answer path never puts them in front of the LLM.
+    """
+    guard = load_guard(embedder_for(settings), settings.cache_dir)
+    verdicts = guard.inspect_documents([chunk.text for chunk in chunks])
+    return [
+        replace(chunk, injection_reason="; ".join(verdict.reasons)[:2000])
+        if verdict.flagged
+        else chunk
+        for chunk, verdict in zip(chunks, verdicts, strict=True)
+    ]
+
+
+@task(name="embed", **TASK_OPTIONS)
+def embed_task(settings: Settings, chunks: list[Chunk]) -> tuple[list[EmbeddedChunk], EmbedStats]:
+    """Embed chunks in batches; cached vectors are reused."""
+    cache = VectorCache(settings.embedding_cache_path)
+    try:
+        with stage_progress("embed") as advance:
+            return embed_chunks(chunks, embedder_for(settings), cache, advance)
+    finally:
+        cache.close()
+
+
+@task(name="upsert", **TASK_OPTIONS)
+def upsert_task(
+    settings: Settings,
+    source: SourceConfig,
+    embedded: list[EmbeddedChunk],
+    plan: SyncPlan,
+    flow_run_id: str,
+    model: ModelInfo,
+    target: str | None,
+) -> tuple[WriteResult, int]:
+    """Write chunks, then drop the tail chunks of documents that got shorter."""
+    with index(settings, source.kind, target) as store:
+        if target is None:
+            store.ensure_schema(source.kind, model.model_id, model.dimension, flow_run_id)
+        with stage_progress(f"write {source.name}") as advance:
+            result = store.upsert(
+                embedded,
+                ingested_at=datetime.now(UTC),
+                flow_run_id=flow_run_id,
+                model_id=model.model_id,
+                progress=advance,
+            )
+        new_counts = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}
+        trimmed = 0
+        for document in plan.changed:
+            previous = plan.previous.get(document.document_id)
+            now = new_counts.get(document.document_id, 0)
+            if previous and previous.chunk_count > now:
+                trimmed += store.delete_positions_from(
+                    source.kind, document.document_id, now, document.customer_id
+                )
+    return result, trimmed
+
+
+@task(name="delete", **TASK_OPTIONS)
+def delete_task(
+    settings: Settings, source: SourceConfig, gone: tuple[StoredDocument, ...], target: str | None
+) -> int:
+    """Delete the chunks of documents that left the source."""
+    if not gone:
+        return 0
+    with index(settings, source.kind, target) as store:
+        return store.delete_documents(source.kind, gone)
+
+
+@task(name="verify", **TASK_OPTIONS)
+def verify_task(settings: Settings, source: SourceConfig, expected: int, target: str | None) -> int:
+    """Count the source's objects after the writes; a mismatch fails the run."""
+    with index(settings, source.kind, target) as store:
+        found = store.count(source.kind, source.name)
+    if found != expected:
+        raise DataError(
+            f"post-write check: {expected} objects of source {source.name!r} expected in the "
+            f"index, {found} found; the run is marked failed and the next run repairs it"
+        )
+    return found
+
+
+def expected_objects(plan: SyncPlan, embedded: list[EmbeddedChunk]) -> int:
+    """Objects the source must have after the run: new chunk counts of rewritten documents,
+    stored counts of unchanged ones and of those kept after a failed load."""
+    rewritten = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}
+    unchanged = sum(plan.stored[doc.document_id].chunk_count for doc in plan.unchanged)
+    kept = sum(doc.chunk_count for doc in plan.kept_after_failure)
+    return sum(rewritten.values()) + unchanged + kept

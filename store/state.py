@@ -1,0 +1,75 @@
+"""What the index holds of a source: per document its hash and whether all its chunks are there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from weaviate.classes.query import Filter
+
+from freshkb.core.records import SourceKind, StoredDocument
+from freshkb.store.collections import LiveCollections
+
+_STATE_PROPERTIES = ["source", "document_id", "content_hash", "chunk_count", "position"]
+
+
+@dataclass
+class _Seen:
+    """What the scan found of one document so far."""
+
+    chunk_count: int
+    customer_id: str | None
+    hashes: set[str] = field(default_factory=set)
+    positions: set[int] = field(default_factory=set)
+
+    def stored(self, document_id: str) -> StoredDocument:
+        """The document as the sync plan compares it."""
+        # Mixed hashes mean a write was interrupted between two versions: treat as changed.
+        stored_hash = next(iter(self.hashes)) if len(self.hashes) == 1 else ""
+        return StoredDocument(
+            document_id=document_id,
+            content_hash=stored_hash,
+            chunk_count=self.chunk_count,
+            complete=self.positions == set(range(self.chunk_count)),
+            customer_id=self.customer_id,
+        )
+
+
+def stored_documents(
+    live: LiveCollections, source: str, kind: SourceKind
+) -> dict[str, StoredDocument]:
+    """Per document of `source`: its content hash, expected and present chunk counts."""
+    props = _STATE_PROPERTIES + (["customer_id"] if kind is SourceKind.CUSTOMERS else [])
+    seen: dict[str, _Seen] = {}
+    for shard in live.shards(kind):
+        for obj in shard.iterator(return_properties=props):
+            p = obj.properties
+            if p.get("source") != source:
+                continue
+            doc = seen.setdefault(
+                str(p["document_id"]),
+                _Seen(
+                    chunk_count=opt_int(p.get("chunk_count")) or 0,
+                    customer_id=opt_str(p.get("customer_id")),
+                ),
+            )
+            doc.hashes.add(str(p["content_hash"]))
+            doc.positions.add(opt_int(p.get("position")) or 0)
+    return {doc_id: doc.stored(doc_id) for doc_id, doc in seen.items()}
+
+
+def count(live: LiveCollections, kind: SourceKind, source: str | None = None) -> int:
+    """Objects of a kind (optionally of one source) in the collection in use."""
+    flt = Filter.by_property("source").equal(source) if source else None
+    return sum(
+        int(shard.aggregate.over_all(filters=flt).total_count or 0) for shard in live.shards(kind)
+    )
+
+
+def opt_str(value: object) -> str | None:
+    """A stored text property, None when empty or absent."""
+    return None if value in (None, "") else str(value)
+
+
+def opt_int(value: object) -> int | None:
+    """A stored number property, None when absent."""
+    return None if value is None else int(value)  # type: ignore[call-overload]
