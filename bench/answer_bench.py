@@ -83,10 +83,10 @@ def main() -> int:
     use_throwaway_environment(work, ROOT / "freshkb.yaml")
     import httpx
 
-    from freshkb.flows.ingest import ingest_all
+    from freshkb.api import create_app
     from freshkb.core.config import Settings
+    from freshkb.flows.ingest import ingest_all
     from freshkb.serving import llm_server
-    from freshkb.serving.api import create_app
     from freshkb.serving.runtime import build_runtime
     from freshkb.store import server
 
@@ -96,7 +96,7 @@ def main() -> int:
     servers = []
     try:
         reports = ingest_all()
-        assert all(r["status"] == "completed" for r in reports), reports
+        assert all(r.status == "completed" for r in reports), reports
         llm_server.up(llm)
         with_llm = build_runtime(
             settings.model_copy(update={"llm_base_url": llm.base_url, "llm_model": llm.model_alias})

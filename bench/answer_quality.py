@@ -102,8 +102,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="freshkb-quality-"))
     use_throwaway_environment(work, work / "none.yaml")
-    from freshkb.flows.ingest import ingest_source
     from freshkb.core.config import Settings
+    from freshkb.flows.ingest import ingest_source
     from freshkb.serving.runtime import build_runtime
     from freshkb.store import server
 
@@ -119,8 +119,8 @@ def main() -> int:
                 "include": ["*.pdf"],
             }
         )
-        if report["status"] != "completed":
-            sys.exit(f"answer_quality: ingest failed: {report.get('error')}")
+        if report.status != "completed":
+            sys.exit(f"answer_quality: ingest failed: {report.error}")
         runtime = build_runtime(settings)
         for _ in range(settings.llm_breaker_failures):  # open: nothing waits on a dead endpoint
             runtime.answerer.breaker.record(False)

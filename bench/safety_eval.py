@@ -102,17 +102,19 @@ def corpus_paragraphs(shared: Path) -> list[str]:
 
 def retail_records(shared: Path) -> list[str]:
     """The retail customers' records as the loader renders them for indexing."""
-    from freshkb.core.config import SourceConfig
-    from freshkb.loaders.customers import CustomerRecordsLoader
+    from freshkb.core.sources import parse_source
+    from freshkb.loaders import loader_for
 
-    source = SourceConfig(
-        name="retail",
-        kind="customers",
-        location=str(shared / "corpus" / "customers" / "retail"),
-        owner="safety-eval",
-        customer_id="user_id",
+    source = parse_source(
+        {
+            "name": "retail",
+            "kind": "customers",
+            "location": str(shared / "corpus" / "customers" / "retail"),
+            "owner": "safety-eval",
+            "customer_id": "user_id",
+        }
     )
-    loaded = CustomerRecordsLoader(source).load()
+    loaded = loader_for(source).load()
     return [section.text for document in loaded.documents for section in document.sections]
 
 
@@ -125,32 +127,36 @@ def benefits_questions(shared: Path) -> list[str]:
 
 def benefits_chunks(shared: Path) -> list[str]:
     """The benefits PDFs partitioned and chunked exactly as the ingest flow does."""
+    from freshkb.core.config import Settings
+    from freshkb.core.sources import parse_source
     from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
     from freshkb.embeddings.embedder import get_embedder
-    from freshkb.core.config import Settings, SourceConfig
-    from freshkb.loaders.documents import DocumentFolderLoader
+    from freshkb.loaders import loader_for
 
-    source = SourceConfig(
-        name="benefits",
-        kind="documents",
-        location=str(shared / "corpus" / "policies" / "benefits-pdfs"),
-        owner="safety-eval",
-        include=["*.pdf"],
+    source = parse_source(
+        {
+            "name": "benefits",
+            "kind": "documents",
+            "location": str(shared / "corpus" / "policies" / "benefits-pdfs"),
+            "owner": "safety-eval",
+            "include": ["*.pdf"],
+        }
     )
     settings = Settings()
     model = get_embedder(settings.embedding_model, "cpu")
     policy = ChunkingPolicy.for_window(model.max_tokens, settings.chunk_max_chars)
-    loaded = DocumentFolderLoader(source).load()
+    loaded = loader_for(source).load()
     return [chunk.text for chunk in chunk_documents(loaded.documents, policy)]
 
 
 def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
     """Run every measurement and return the figures."""
-    from freshkb.serving.safety import get_injection_guard
+    from freshkb.core.config import Settings
+    from freshkb.screening import load_guard
 
     folder = dev_dir(shared)
     started = time.perf_counter()
-    guard = get_injection_guard()
+    guard = load_guard(cache_dir=Settings().cache_dir)
     load_seconds = time.perf_counter() - started
 
     rows = read_jsonl(folder / "direct_injection.jsonl")

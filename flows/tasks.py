@@ -148,7 +148,7 @@ def screen_task(settings: Settings, chunks: list[Chunk]) -> list[Chunk]:
     Flagged chunks are still stored, so search and audits see them, but carry the reason; the
     answer path never puts them in front of the LLM.
     """
-    guard = load_guard(embedder_for(settings), settings.cache_dir)
+    guard = load_guard(cache_dir=settings.cache_dir)  # its own bundled model, any index model
     verdicts = guard.inspect_documents([chunk.text for chunk in chunks])
     return [
         replace(chunk, injection_reason="; ".join(verdict.reasons)[:2000])

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from freshkb.core.errors import ConfigError
-from freshkb.store.ledger import sql_engine
+from freshkb.core.sql import sql_engine
 
 metadata = sa.MetaData()
 
@@ -84,8 +84,7 @@ class EscalationStore:
     """Escalations and feedback in one SQL database."""
 
     def __init__(self, url: str):
-        self.engine = sql_engine(url)
-        metadata.create_all(self.engine)
+        self.engine = sql_engine(url, metadata)
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -1,4 +1,4 @@
-"""Builds the real answer service from settings: Weaviate, model, ledger, escalations, LLM."""
+"""Builds the real answer service from settings: store, models, guard, ledger and LLM."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 
-from freshkb.embeddings.embedder import get_embedder
 from freshkb.core.config import Settings
+from freshkb.embeddings.embedder import get_embedder
+from freshkb.screening import load_guard
 from freshkb.serving.answerer import OpenAICompatibleAnswerer
 from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.service import AnswerService
@@ -25,11 +26,7 @@ class Runtime:
 
     def ready(self) -> dict[str, Any]:
         """Readiness of each dependency; ready when Weaviate and the ledger answer."""
-        checks: dict[str, Any] = {}
-        try:
-            checks["weaviate"] = bool(self.service.store.client.is_ready())
-        except Exception as exc:
-            checks["weaviate"] = f"down: {exc}"
+        checks: dict[str, Any] = {"weaviate": self.service.store.is_ready()}
         try:
             checks["ledger"] = len(self.service.ledger.states()) >= 0
         except Exception as exc:
@@ -46,7 +43,7 @@ class Runtime:
     def close(self) -> None:
         """Release connections."""
         self.answerer.close()
-        self.service.store.client.close()
+        self.service.store.close()
         self.service.ledger.close()
         self.service.escalations.close()
 
@@ -64,5 +61,7 @@ def build_runtime(settings: Settings) -> Runtime:
         ledger=Ledger(settings.ledger_database_url),
         escalations=EscalationStore(settings.ledger_database_url),
         answerer=answerer,
+        # The detector's own bundled model, whatever model the index uses; fitted once per cache.
+        guard=load_guard(cache_dir=settings.cache_dir),
     )
     return Runtime(service=service, answerer=answerer)

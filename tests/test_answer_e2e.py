@@ -4,6 +4,7 @@ on SQLite, a real OpenAI-compatible LLM server (llama.cpp with SmolLM2-135M), re
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,16 +19,22 @@ from fixtures_files import shared_dir
 from scripted_llm import scripted_llm_server
 from test_ingest_e2e import documents_source, write_policies
 
+from freshkb.api import create_app
+from freshkb.core.config import Settings
+from freshkb.core.report import RunReport
+from freshkb.core.sources import parse_source
 from freshkb.flows.ingest import ingest_source
-from freshkb.core.config import Settings, SourceConfig
 from freshkb.serving import llm_server
-from freshkb.serving.api import create_app
 from freshkb.serving.llm_server import LlmServerConfig
 from freshkb.serving.runtime import Runtime, build_runtime
 from freshkb.serving.service import EXTRACTIVE_LEAD, QUOTED_LEAD
 from freshkb.store.ledger import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Beside the session's LLM server (conftest), so sessions run with other ports do not collide.
+LLM_PORT = int(os.environ.get("FRESHKB_TEST_LLM_PORT", "18091"))
+OWN_LLM_PORT, API_PORT, SCRIPTED_LLM_PORT = LLM_PORT + 4, LLM_PORT + 5, LLM_PORT + 6
 
 ANSWER_TOKEN = "test-answer-token"
 ADMIN_TOKEN = "test-admin-token"
@@ -60,8 +67,6 @@ def corpus(
     weaviate_settings: Any, prefect_harness: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """Policies, promotions, a policy carrying a hidden instruction, and two customers."""
-    import os
-
     from freshkb.store.weaviate_store import connect
 
     for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
@@ -98,7 +103,7 @@ def corpus(
     }
     reports = {name: ingest_source(source_config=cfg) for name, cfg in sources.items()}
     for name, report in reports.items():
-        assert report["status"] == "completed", (name, report["error"])
+        assert report.status == "completed", (name, report.error)
     return {"sources": sources, "reports": reports, "attack": attack}
 
 
@@ -125,20 +130,20 @@ def stale(runtime: Runtime) -> Iterator[Any]:
 
     def make_stale(*names: str) -> None:
         for name in names:
-            config = SourceConfig.model_validate(
+            config = parse_source(
                 {"name": name, "kind": "documents", "location": "/", "freshness": {"max_age": "1d"}}
             )
             past = datetime.now(UTC) - timedelta(days=2)
             run = ledger.record_attempt(config, "stale-test", past)
-            ledger.record_result(run, {"source": name, "status": "completed"}, past)
+            ledger.record_result(run, RunReport(source=name, kind="documents"), past)
             changed.append(name)
 
     yield make_stale
     now = datetime.now(UTC)
     for name in changed:
-        config = SourceConfig.model_validate({"name": name, "kind": "documents", "location": "/"})
+        config = parse_source({"name": name, "kind": "documents", "location": "/"})
         run = ledger.record_attempt(config, "restore", now)
-        ledger.record_result(run, {"source": name, "status": "completed"}, now)
+        ledger.record_result(run, RunReport(source=name, kind="documents"), now)
 
 
 def retrieved_ids(runtime: Runtime, question: str, customer: str | None = None) -> set[str]:
@@ -151,7 +156,7 @@ def retrieved_ids(runtime: Runtime, question: str, customer: str | None = None) 
 def scripted(corpus: dict[str, Any]) -> Iterator[Any]:
     """Build an answer service on the scripted model with a given behaviour."""
     built: list[Runtime] = []
-    with scripted_llm_server(18097) as base_url:
+    with scripted_llm_server(SCRIPTED_LLM_PORT) as base_url:
 
         def make(behaviour: str) -> Runtime:
             runtime = build_runtime(
@@ -251,7 +256,7 @@ def test_all_sources_stale_escalates_to_a_human(runtime: Runtime, stale: Any) ->
 def test_llm_stopped_mid_test_gives_a_quoted_answer_with_citations(
     corpus: dict[str, Any], tmp_path: Path
 ) -> None:
-    own = LlmServerConfig(port=18095, state_dir=tmp_path)
+    own = LlmServerConfig(port=OWN_LLM_PORT, state_dir=tmp_path)
     llm_server.up(own)
     settings = Settings(
         llm_base_url=own.base_url,
@@ -322,7 +327,7 @@ def test_benign_question_with_trigger_words_is_answered(runtime: Runtime) -> Non
 def test_hidden_instruction_in_a_document_is_flagged_and_not_followed(
     runtime: Runtime, corpus: dict[str, Any]
 ) -> None:
-    assert corpus["reports"]["tainted"]["chunks_flagged"] >= 1
+    assert corpus["reports"]["tainted"].chunks_flagged >= 1
     result = runtime.service.answer("Do gift cards expire?")
     assert "suspicioussite" not in result.answer.lower()
     assert "download" not in result.answer.lower()
@@ -339,14 +344,14 @@ def api(runtime: Runtime) -> Iterator[str]:
     import uvicorn
 
     app = create_app(runtime.service.settings, runtime.service, runtime.ready)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=18096, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=API_PORT, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    yield "http://127.0.0.1:18096"
+    yield f"http://127.0.0.1:{API_PORT}"
     server.should_exit = True
     thread.join(timeout=10)
 

@@ -22,7 +22,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"screening"}),
     frozenset({"store"}),
     frozenset({"flows", "serving"}),
-    frozenset({"cli", "api"}),  # the entry points, in freshkb/ itself
+    frozenset({"api"}),  # the entry points, in freshkb/ itself: the HTTP API,
+    frozenset({"cli"}),  # and the CLI, whose `serve` runs the API
 )
 ROOM_LAYER = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}
 ROOMS_LINKED = sorted(ROOM_LAYER.keys() - {"cli", "api"})
@@ -75,8 +76,11 @@ def _module(prefix: str, folder: Path, path: Path) -> Module:
     return Module(".".join([prefix, *parts]), path)
 
 
-def imported_names(module: Module) -> Iterator[tuple[int, str]]:
-    """(line, dotted name) of every project import, at any depth, outside TYPE_CHECKING."""
+def import_statements(module: Module) -> Iterator[tuple[int, list[str]]]:
+    """(line, dotted names) of every import statement at any depth, outside TYPE_CHECKING.
+
+    `from a.b import c` gives ["a.b.c", "a.b"]: the module c if it is one, else a.b itself.
+    """
     tree = ast.parse(module.path.read_text(encoding="utf-8"))
     type_only = {
         id(node)
@@ -90,19 +94,30 @@ def imported_names(module: Module) -> Iterator[tuple[int, str]]:
         if id(node) in type_only:
             continue
         if isinstance(node, ast.Import):
-            yield from ((node.lineno, alias.name) for alias in node.names)
+            yield from ((node.lineno, [alias.name]) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            yield node.lineno, base
-            yield from ((node.lineno, f"{base}.{alias.name}") for alias in node.names)
+            for alias in node.names:
+                yield node.lineno, [f"{base}.{alias.name}", base]
+
+
+def imported_names(module: Module) -> Iterator[tuple[int, str]]:
+    """(line, dotted name) of every import, the imported module where the name is one."""
+    for line, candidates in import_statements(module):
+        yield line, candidates[-1]
 
 
 def project_imports(module: Module, names: set[str]) -> set[str]:
     """The project modules `module` imports (an imported name resolves to its module)."""
-    return {name for _, name in imported_names(module) if name in names and name != module.name}
+    found = set()
+    for _, candidates in import_statements(module):
+        target = next((name for name in candidates if name in names), None)
+        if target is not None and target != module.name:
+            found.add(target)
+    return found
 
 
 def test_the_rooms_are_linked_into_the_package() -> None:

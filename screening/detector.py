@@ -1,0 +1,87 @@
+"""The learned half of the screen: a logistic regression over sentence embeddings of exemplars.
+
+The regression is fitted on a few hundred exemplars with numpy by fixed Newton steps, so it is
+deterministic; a text must also be nearer the attack exemplars than the benign ones (the
+neighbour margin), so that a text far from every exemplar is not called an attack on
+extrapolation alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from freshkb.embeddings.embedder import Embedder
+from freshkb.screening.exemplars import Exemplars
+
+# Bump when the fitting or scoring changes (features, solver, penalty, neighbours): saved
+# parameters of another version are then fitted again instead of loaded.
+DETECTOR_VERSION = 1
+NEIGHBOURS = 3
+L2_PENALTY = 0.1
+
+
+@dataclass(frozen=True, eq=False)
+class DetectorParameters:
+    """What fitting produces: the exemplars' embeddings and the regression's weights."""
+
+    attacks: np.ndarray  # one row per attack exemplar
+    benign: np.ndarray  # one row per benign exemplar
+    weights: np.ndarray  # one per embedding dimension, then the bias
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, penalty: float) -> np.ndarray:
+    """Class-balanced L2 logistic regression by Newton steps; the last weight is the bias."""
+    x = np.hstack([features, np.ones((len(features), 1))])
+    positives = labels.sum()
+    sample_weight = np.where(labels == 1, 0.5 / positives, 0.5 / (len(labels) - positives))
+    sample_weight *= len(labels)
+    ridge = np.full(x.shape[1], penalty)
+    ridge[-1] = 0.0
+    weights = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(x @ weights)))
+        gradient = x.T @ (sample_weight * (p - labels)) + ridge * weights
+        hessian = (x.T * (sample_weight * p * (1 - p))) @ x + np.diag(ridge)
+        step = np.linalg.solve(hessian + 1e-9 * np.eye(len(weights)), gradient)
+        weights -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return weights
+
+
+def fit_parameters(embedder: Embedder, exemplars: Exemplars) -> DetectorParameters:
+    """Embed the exemplars and fit the regression on them."""
+    attacks, benign = exemplars.attacks, exemplars.benign
+    vectors = np.asarray(embedder.embed([*attacks, *benign]), dtype=np.float64)
+    labels = np.r_[np.ones(len(attacks)), np.zeros(len(benign))]
+    return DetectorParameters(
+        attacks=vectors[: len(attacks)],
+        benign=vectors[len(attacks) :],
+        weights=fit_logistic(vectors, labels, L2_PENALTY),
+    )
+
+
+class ExemplarDetector:
+    """Scores texts by how much their embeddings resemble attack exemplars over benign ones."""
+
+    def __init__(self, embedder: Embedder, parameters: DetectorParameters):
+        self._embedder = embedder
+        self.parameters = parameters
+
+    def score(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: the attack probability, and the neighbour margin (attack minus benign)."""
+        if not texts:
+            return np.zeros(0), np.zeros(0)
+        fitted = self.parameters
+        vectors = np.asarray(self._embedder.embed(list(texts)), dtype=np.float64)
+        logits = vectors @ fitted.weights[:-1] + fitted.weights[-1]
+        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        margin = _top_mean(vectors @ fitted.attacks.T) - _top_mean(vectors @ fitted.benign.T)
+        return probabilities, margin
+
+
+def _top_mean(similarities: np.ndarray) -> np.ndarray:
+    return np.sort(similarities, axis=1)[:, -NEIGHBOURS:].mean(axis=1)

@@ -1,0 +1,63 @@
+"""How the screen reads text: folded to one form, decoded where encoded, cut into passages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import unicodedata
+
+# Long run-on passages are scored in overlapping windows, so one instruction inside a long
+# paragraph is not averaged away by the sentences around it.
+WINDOW_WORDS = 30
+WINDOW_STRIDE = 15
+
+INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[a-z][.!?])(?=[A-Z])|\n+|\s*\|\s*")
+_FIELD_PREFIX = re.compile(r"^[A-Z][A-Z_ ]{2,20}:\s*")
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
+_WORD = re.compile(r"[^\W\d_]{2,}")
+# Addresses are identifiers, not words: "email: anya.lee3013@example.com" is a record field.
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+|\bhttps?://\S+|\bwww\.\S+")
+
+
+def normalise(text: str) -> str:
+    """Text folded to the form the rules and detector read (NFKC, no invisible characters)."""
+    text = unicodedata.normalize("NFKC", text)
+    return INVISIBLE.sub("", text)
+
+
+def decoded_payloads(text: str) -> list[str]:
+    """Readable text hidden in base64 runs of text, so encoded instructions are read too."""
+    found = []
+    for token in _BASE64_TOKEN.findall(text):
+        padded = token + "=" * (-len(token) % 4)
+        try:
+            raw = base64.b64decode(padded, validate=True)
+            decoded = raw.decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            continue
+        printable = sum(ch.isprintable() or ch.isspace() for ch in decoded)
+        if decoded and " " in decoded and printable / len(decoded) > 0.95:
+            found.append(decoded)
+    return found
+
+
+def split_passages(text: str) -> list[str]:
+    """Sentences and lines of a text, long ones cut into overlapping word windows."""
+    passages = []
+    for part in _SENTENCE_BREAK.split(text):
+        words = _FIELD_PREFIX.sub("", part.strip()).split()
+        if not words:
+            continue
+        if len(words) <= WINDOW_WORDS + WINDOW_STRIDE:
+            passages.append(" ".join(words))
+            continue
+        for start in range(0, len(words) - WINDOW_STRIDE, WINDOW_STRIDE):
+            passages.append(" ".join(words[start : start + WINDOW_WORDS]))
+    return passages
+
+
+def word_count(text: str) -> int:
+    """Words of text that carry meaning for the detector (addresses, numbers and markup aside)."""
+    return len(_WORD.findall(_ADDRESS.sub(" ", text)))
