@@ -23,6 +23,22 @@ def document_id(source: str, key: str) -> str:
     return str(uuid.uuid5(FRESHKB_NAMESPACE, f"doc\x00{source}\x00{key}"))
 
 
+def record_key(file: str, primary_key: str) -> str:
+    """Key of a record: the file (or table) it is in, and its primary key."""
+    return f"{file}:{primary_key}"
+
+
+def article_key(file: str, article_id: str) -> str:
+    """Key of one article of a JSON file that holds several."""
+    return f"{file}#{article_id}"
+
+
+def comes_from(key: str, file: str) -> bool:
+    """True when a document key was minted from `file`: the file itself, or a record or an
+    article in it."""
+    return key == file or key.startswith((f"{file}:", f"{file}#"))
+
+
 def chunk_uuid(doc_id: str, position: int) -> str:
     """Weaviate object UUID of the chunk at `position` within a document."""
     return str(uuid.uuid5(FRESHKB_NAMESPACE, f"chunk\x00{doc_id}\x00{position}"))

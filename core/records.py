@@ -111,6 +111,7 @@ class StoredDocument:
     chunk_count: int
     complete: bool  # every position 0..chunk_count-1 present (a killed run leaves gaps)
     customer_id: str | None = None
+    key: str = ""  # as the loader minted it: path, "file:primary-key" or "file#article"
 
 
 @dataclass(frozen=True)

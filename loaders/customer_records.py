@@ -116,8 +116,8 @@ def _record_document(
     return LoadedDocument(
         source=source,
         kind=SourceKind.CUSTOMERS,
-        document_id=ids.document_id(source, f"{label}:{key}"),
-        key=f"{label}:{key}",
+        document_id=ids.document_id(source, ids.record_key(label, key)),
+        key=ids.record_key(label, key),
         title=title or f"{stem} {key}",
         content_hash=ids.content_hash(canonical),
         modified_at=updated_at(record) or default_time,

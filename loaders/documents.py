@@ -148,7 +148,7 @@ class DocumentFolderLoader:
         for article in articles:
             content = str(article["content"] or "").strip()
             body = _partition_text("markdown", content) if content else []
-            key = relative if len(articles) == 1 else f"{relative}#{article['id']}"
+            key = relative if len(articles) == 1 else ids.article_key(relative, str(article["id"]))
             raw = data if len(articles) == 1 else json.dumps(article, sort_keys=True).encode()
             documents.append(
                 self._document(

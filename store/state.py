@@ -9,7 +9,14 @@ from weaviate.classes.query import Filter
 from freshkb.core.records import SourceKind, StoredDocument
 from freshkb.store.collections import LiveCollections
 
-_STATE_PROPERTIES = ["source", "document_id", "content_hash", "chunk_count", "position"]
+_STATE_PROPERTIES = [
+    "source",
+    "document_id",
+    "document_key",
+    "content_hash",
+    "chunk_count",
+    "position",
+]
 
 
 @dataclass
@@ -18,6 +25,7 @@ class _Seen:
 
     chunk_count: int
     customer_id: str | None
+    key: str
     hashes: set[str] = field(default_factory=set)
     positions: set[int] = field(default_factory=set)
 
@@ -31,6 +39,7 @@ class _Seen:
             chunk_count=self.chunk_count,
             complete=self.positions == set(range(self.chunk_count)),
             customer_id=self.customer_id,
+            key=self.key,
         )
 
 
@@ -50,6 +59,7 @@ def stored_documents(
                 _Seen(
                     chunk_count=opt_int(p.get("chunk_count")) or 0,
                     customer_id=opt_str(p.get("customer_id")),
+                    key=str(p.get("document_key") or ""),
                 ),
             )
             doc.hashes.add(str(p["content_hash"]))

@@ -23,9 +23,10 @@ from test_ingest_e2e import (
     write_policies,
 )
 
-from freshkb.flows.ingest import ingest_source, rebuild_index
 from freshkb.core.config import Settings
 from freshkb.core.records import SourceKind
+from freshkb.flows.ingest import ingest_source
+from freshkb.flows.rebuild import rebuild_index
 from freshkb.store.ledger import Ledger
 from freshkb.validation.freshness import FreshnessState
 
@@ -47,6 +48,35 @@ def many_policies(folder: Path, count: int) -> None:
         (folder / f"policy-{n:02d}.md").write_text(
             f"# Policy {n}\n\nRule {n}: requests of type {n} are answered within {n + 1} days.\n"
         )
+
+
+def test_truncated_orders_file_keeps_its_live_orders(store, prefect_harness, tmp_path):
+    folder = tmp_path / "crm"
+    folder.mkdir()
+    users = ["customer_id,name"] + [f"C-{n},User {n}" for n in range(20)]
+    (folder / "users.csv").write_text("\n".join(users) + "\n")
+    orders = [{"order_id": f"O-{n}", "customer_id": f"C-{n}", "total": n} for n in range(5)]
+    (folder / "orders.json").write_text(json.dumps(orders, indent=1))
+    source = {
+        "name": "orders-kept",
+        "kind": "customers",
+        "location": str(folder),
+        "customer_id": "customer_id",
+        "files": {"orders.json": {"key": "order_id"}},
+    }
+    first = ingest_source(source_config=source)
+    assert first.status == "completed", first.error
+    live = store.count(SourceKind.CUSTOMERS, "orders-kept")
+    assert live == first.objects_written >= 25
+
+    text = (folder / "orders.json").read_text()
+    (folder / "orders.json").write_text(text[: len(text) // 2])
+    again = ingest_source(source_config=source)
+
+    assert again.status == "completed", again.error  # 1 bad file of 21 items: within the gate
+    assert [f.item for f in again.failures] == ["orders.json"]
+    assert again.documents_deleted == again.objects_deleted == 0
+    assert store.count(SourceKind.CUSTOMERS, "orders-kept") == live == again.objects_live
 
 
 def test_emptied_source_folder_trips_the_breaker_and_live_data_stays(
