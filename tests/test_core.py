@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from freshkb.core import ids
-from freshkb.core.config import Settings, load_sources
+from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError
 from freshkb.core.records import LoadedDocument, LoadFailure, SourceKind, StoredDocument
+from freshkb.core.sources import load_sources
 from freshkb.store.server import server_env
 from freshkb.store.sync import plan_sync
 

@@ -15,10 +15,10 @@ import pytest
 from fixtures_files import shared_dir
 from weaviate.exceptions import WeaviateBaseError
 
-from freshkb.embeddings.embedder import get_embedder
-from freshkb.flows.ingest import ingest_source
 from freshkb.core.config import Settings
 from freshkb.core.records import SourceKind
+from freshkb.embeddings.embedder import get_embedder
+from freshkb.flows.ingest import ingest_source
 from freshkb.store.weaviate_store import WeaviateStore
 
 pytestmark = [pytest.mark.integration]

@@ -161,9 +161,7 @@ def test_too_many_unreadable_files_fail_the_gate(tmp_path):
     for n in range(4):
         (tmp_path / f"good{n}.md").write_text(f"# Policy {n}\n\nText of policy {n}.\n")
         (tmp_path / f"bad{n}.pdf").write_bytes(b"")
-    source = parse_source(
-        {"name": "kb", "kind": "documents", "location": str(tmp_path)}
-    )
+    source = parse_source({"name": "kb", "kind": "documents", "location": str(tmp_path)})
     outcome = gate(source)
     assert not outcome.success
     assert "at most 25% of items fail to load" in outcome.failures[0]
@@ -183,9 +181,7 @@ def test_failed_share_names_the_files_and_ignores_unsupported_types(tmp_path):
     # reported, but do not count as files that failed to parse.
     (tmp_path / "LICENSE").write_text("MIT License")
     (tmp_path / "NOTES.tau-bench").write_text("where these came from")
-    source = parse_source(
-        {"name": "kb", "kind": "documents", "location": str(tmp_path)}
-    )
+    source = parse_source({"name": "kb", "kind": "documents", "location": str(tmp_path)})
     loaded = loader_for(source).load()
     assert {f.item for f in loaded.failures if f.unsupported} == {"LICENSE", "NOTES.tau-bench"}
     outcome = gate(source)
@@ -199,9 +195,7 @@ def test_failed_share_names_the_files_and_ignores_unsupported_types(tmp_path):
 
 
 def test_empty_source_fails_the_document_count(tmp_path):
-    source = parse_source(
-        {"name": "kb", "kind": "documents", "location": str(tmp_path)}
-    )
+    source = parse_source({"name": "kb", "kind": "documents", "location": str(tmp_path)})
     outcome = gate(source)
     assert not outcome.success
     assert "documents loaded within the expected bounds" in outcome.failures[0]

@@ -1,0 +1,38 @@
+"""What the routes share, held on the app: the answer service, the tokens and the readiness
+check; and the dependencies that hand them to a route."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+
+from freshkb.serving.service import AnswerService
+
+if TYPE_CHECKING:
+    from freshkb.api.auth import Scope
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """The answer service behind the API, who may call it, and how readiness is checked."""
+
+    service: AnswerService
+    tokens: Mapping[str, Scope]
+    ready: Callable[[], dict[str, Any]] | None = None
+
+
+def api_state(request: Request) -> ApiState:
+    """The state `create_app` stored on the app serving this request."""
+    state: ApiState = request.app.state.api
+    return state
+
+
+def answer_service(request: Request) -> AnswerService:
+    """The answer service (a dependency of the routes)."""
+    return api_state(request).service
+
+
+Service = Annotated[AnswerService, Depends(answer_service)]

@@ -1,0 +1,158 @@
+"""Commands that read the index for answers: search it, ask a question, serve the HTTP API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from freshkb.cli.options import ConfigOption, JsonFlag, settings_for
+from freshkb.cli.output import err, fail, out, print_json
+from freshkb.core.config import Settings
+from freshkb.core.errors import FreshkbError
+
+if TYPE_CHECKING:
+    from freshkb.serving.results import AnswerResult
+    from freshkb.store.protocol import SearchHit
+
+MODE_COLOUR = {"normal": "green", "degraded": "yellow", "escalated": "magenta", "refused": "red"}
+
+
+def search(
+    text: Annotated[str, typer.Argument(help="What to search for.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Number of hits.")] = 5,
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Also search this customer's records.")
+    ] = None,
+    config: ConfigOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Hybrid search of the index (policy chunks, plus one customer's records with --customer)."""
+    from freshkb.embeddings.embedder import get_embedder
+    from freshkb.store.weaviate_store import open_store
+
+    settings = settings_for(config)
+    try:
+        embedder = get_embedder(
+            settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+        )
+        with open_store(settings) as store:
+            hits = store.search(text, embedder.embed([text])[0], k=k, customer_id=customer)
+    except FreshkbError as exc:
+        raise fail(exc) from exc
+    if json_out:
+        print_json([{**asdict(hit), "kind": hit.kind.value} for hit in hits])
+        return
+    if not hits:
+        out.print("no results")
+    for rank, hit in enumerate(hits, 1):
+        show_hit(rank, hit)
+
+
+def show_hit(rank: int, hit: SearchHit) -> None:
+    """One search hit: rank, title, where it is from, score, then its text."""
+    where = f"{hit.source} / {hit.document_key}" + (f" p.{hit.page}" if hit.page else "")
+    out.print(
+        f"[bold]{rank}. {hit.title}[/]  [dim]{where}  score {hit.score:.3f}[/]", highlight=False
+    )
+    if hit.section_title and not hit.text.lstrip().startswith(hit.section_title):
+        out.print(f"   [italic]{escape(hit.section_title)}[/]", highlight=False)
+    out.print(hit.text.strip(), highlight=False, markup=False)
+    out.print()
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="The customer's question.")],
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Answer for this customer (their records).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=20, help="Passages to retrieve.")] = 5,
+    config: ConfigOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Answer a question from the terminal, as POST /v1/answer does."""
+    from freshkb.serving.runtime import build_runtime
+    from freshkb.store import server
+
+    settings = settings_for(config)
+    try:
+        server.ensure_running(settings, announce=err.print)
+        runtime = build_runtime(settings)
+    except FreshkbError as exc:
+        raise fail(exc) from exc
+    try:
+        result = runtime.service.answer(question, customer, k)
+    except FreshkbError as exc:
+        raise fail(exc) from exc
+    finally:
+        runtime.close()
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        show_answer(result)
+
+
+def show_answer(result: AnswerResult) -> None:
+    """The answer's mode, its text, what it cites, why, and its escalation if any."""
+    out.print(f"[bold {MODE_COLOUR[result.mode]}]{result.mode}[/]", highlight=False)
+    out.print(result.answer, highlight=False, markup=False)
+    for citation in result.citations:
+        page = f" p.{citation.page}" if citation.page else ""
+        out.print(
+            f"  [dim]{escape(f'[{citation.label}] {citation.source} / {citation.document}')}"
+            f"{page} ({escape(citation.title)})[/]",
+            highlight=False,
+        )
+    for reason in result.reasons:
+        out.print(f"  [dim]why: {escape(reason)}[/]", highlight=False)
+    if result.escalation_id:
+        out.print(f"  escalation {result.escalation_id}")
+
+
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8088,
+    config: ConfigOption = None,
+) -> None:
+    """Start the answer service's HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from freshkb.api import create_app
+    from freshkb.serving.runtime import build_runtime
+    from freshkb.store import server
+
+    settings = with_api_tokens(settings_for(config))
+    try:
+        server.ensure_running(settings, announce=err.print)
+        runtime = build_runtime(settings)
+    except FreshkbError as exc:
+        raise fail(exc) from exc
+    err.print(
+        f"answer service on http://{host}:{port} (docs at /docs); LLM {settings.llm_base_url}"
+    )
+    try:
+        uvicorn.run(
+            create_app(settings, runtime.service, runtime.ready),
+            host=host,
+            port=port,
+            log_level="warning",
+        )
+    finally:
+        runtime.close()
+
+
+def with_api_tokens(settings: Settings) -> Settings:
+    """The settings, with the local token file's tokens when none are configured."""
+    from freshkb.api.tokens import local_tokens
+
+    if settings.api_tokens:
+        return settings
+    path, tokens = local_tokens(settings.data_dir)
+    err.print(
+        f"FRESHKB_API_TOKENS is not set: using the tokens in {path} (answer and admin scopes)"
+    )
+    return settings.model_copy(update={"api_tokens": tokens})
