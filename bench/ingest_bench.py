@@ -39,9 +39,9 @@ def main() -> int:
     source_dir = work / "source"
     shutil.copytree(args.folder, source_dir)
 
-    from freshkb.flows.ingest import ingest_source
     from freshkb.core.config import Settings
     from freshkb.core.sources import parse_source
+    from freshkb.flows.ingest import ingest_source
     from freshkb.loaders.base import list_files
     from freshkb.loaders.documents import BINARY_FORMATS, TEXT_FORMATS
     from freshkb.store import server

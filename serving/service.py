@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 
 from freshkb.core.config import Settings
-from freshkb.core.errors import LLMUnavailable
+from freshkb.core.errors import LLMUnavailable, TransientError
 from freshkb.core.records import SourceKind
 from freshkb.core.timing import timed
 from freshkb.embeddings.embedder import Embedder
@@ -42,6 +42,7 @@ ESCALATION_MESSAGE = (
 )
 EXTRACTIVE_LEAD = "Our assistant is unavailable right now; here is what our documentation says:"
 QUOTED_LEAD = "Here is what our documentation says:"
+KB_UNAVAILABLE = "knowledge base unavailable"
 OWN_RECORDS_NOTE = "Do not state facts about the customer's own account or orders."
 
 __all__ = ["AnswerResult", "AnswerService", "Citation", "StaleSource"]
@@ -123,7 +124,10 @@ class AnswerService:
             )
             return result
         with timed(seconds, "retrieve"):
-            hits, left_out = self.search(question, customer_id, k)
+            try:
+                hits, left_out = self.search(question, customer_id, k)
+            except TransientError as exc:  # Weaviate down: a human answers, never a 500
+                return self._escalate(result, question, customer_id, [], f"{KB_UNAVAILABLE}: {exc}")
         own_records_stale = _note_left_out(result, left_out, customer_id)
         with timed(seconds, "screen"):
             usable = self._without_flagged(result, hits)

@@ -41,8 +41,8 @@ def search(
         return []
     source_filter = Filter.by_property("source").contains_any(list(sources)) if sources else None
     hits: list[SearchHit] = []
-    for kind, collection in _targets(live, customer_id):
-        try:
+    try:  # resolving the alias is a call too: Weaviate down fails here, as a TransientError
+        for kind, collection in _targets(live, customer_id):
             response = collection.query.hybrid(
                 query=query,
                 vector=list(vector),
@@ -53,9 +53,9 @@ def search(
                 return_metadata=MetadataQuery(score=True),
                 include_vector=True,
             )
-        except WeaviateBaseError as exc:
-            raise TransientError(f"Weaviate search failed: {exc}") from exc
-        hits += [_hit(obj, kind, vector) for obj in response.objects]
+            hits += [_hit(obj, kind, vector) for obj in response.objects]
+    except WeaviateBaseError as exc:
+        raise TransientError(f"Weaviate search failed: {exc}") from exc
     hits.sort(key=lambda hit: hit.score, reverse=True)
     return hits[:k]
 

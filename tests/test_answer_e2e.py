@@ -458,3 +458,36 @@ def test_fifty_concurrent_answer_requests_all_succeed(api: str) -> None:
     assert [r.status_code for r in responses] == [200] * 50
     modes = {r.json()["mode"] for r in responses}
     assert modes <= {"normal", "degraded", "escalated", "refused"}
+
+
+def test_weaviate_down_escalates_and_answers_resume_when_it_returns(
+    runtime: Runtime, api: str, weaviate_settings: Any
+) -> None:
+    from freshkb.store import server
+
+    question = "How long does standard shipping take?"
+    server.down(weaviate_settings)
+    try:
+        during = runtime.service.answer(question)
+        assert during.mode == "escalated"
+        assert any(r.startswith("knowledge base unavailable") for r in during.reasons)
+        assert during.escalation_id is not None
+        recorded = runtime.service.escalations.get(during.escalation_id)
+        assert recorded is not None and recorded.question == question
+        assert runtime.ready()["ready"] is False and runtime.ready()["weaviate"] is False
+        over_http = httpx.post(
+            f"{api}/v1/answer", json={"question": question}, headers=auth(ANSWER_TOKEN)
+        )
+        assert over_http.status_code == 200 and over_http.json()["mode"] == "escalated"
+        searched = httpx.get(f"{api}/v1/search", params={"q": question}, headers=auth(ANSWER_TOKEN))
+        assert searched.status_code == 503 and searched.headers["Retry-After"] == "5"
+        assert "temporarily unavailable" in searched.json()["detail"]
+        assert httpx.get(f"{api}/readyz").status_code == 503
+    finally:
+        server.up(weaviate_settings)
+    deadline = time.monotonic() + 60
+    while not runtime.ready()["ready"] and time.monotonic() < deadline:
+        time.sleep(1)
+    after = runtime.service.answer(question)
+    assert after.mode in {"normal", "degraded"}, after.reasons
+    assert after.citations and after.citations[0].document == "shipping.md"

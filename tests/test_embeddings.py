@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 import pytest
 import torch
 
+from freshkb.core import ids
+from freshkb.core.errors import ConfigError
+from freshkb.core.records import LoadedDocument, Section, SourceKind
 from freshkb.embeddings.cache import VectorCache
 from freshkb.embeddings.chunking import ChunkingPolicy, chunk_document
 from freshkb.embeddings.embed import embed_chunks
@@ -18,9 +21,6 @@ from freshkb.embeddings.embedder import (
     resolve_device,
     resolve_model,
 )
-from freshkb.core import ids
-from freshkb.core.errors import ConfigError
-from freshkb.core.records import LoadedDocument, Section, SourceKind
 
 
 def make_document(sections: list[Section], title: str = "Handbook") -> LoadedDocument:

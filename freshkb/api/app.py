@@ -1,0 +1,85 @@
+"""The HTTP API of the answer service (FastAPI; OpenAPI docs at /docs).
+
+Bearer tokens carry one of two scopes: `answer` (ask, search, read the ledger, give feedback)
+and `admin` (also list and resolve escalations). Bodies over the size limit are refused with
+413 before they are parsed; invalid input is a 422 naming the field. A dependency that is down
+for now (Weaviate for /v1/search) is a 503 with Retry-After; /v1/answer instead answers in
+a defined mode (escalated, "knowledge base unavailable").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.types import ASGIApp
+
+from freshkb.api.routers import admin, answers, health
+from freshkb.api.state import ApiState
+from freshkb.core.config import Settings
+from freshkb.core.errors import TransientError
+from freshkb.serving.service import AnswerService
+
+
+def create_app(
+    settings: Settings,
+    service: AnswerService,
+    ready: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """The API over an answer service; `ready` reports dependency health for /readyz."""
+    app = FastAPI(
+        title="freshkb answer service",
+        version="0.1.0",
+        description="Freshness-aware answers with citations, from the freshkb index.",
+    )
+    app.state.api = ApiState(
+        service=service,
+        tokens=dict(settings.api_tokens),
+        ready=ready,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_exception_handler(TransientError, _unavailable)
+    app.include_router(health.router)
+    app.include_router(answers.router)
+    app.include_router(admin.router)
+    return app
+
+
+RETRY_AFTER_SECONDS = 5
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """A transient failure of a dependency: 503, and when to try again."""
+    return JSONResponse(
+        {"detail": f"temporarily unavailable: {exc}"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+class BodySizeLimit(BaseHTTPMiddleware):
+    """Refuse a request body over `max_bytes` with 413, before anything parses it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def dispatch(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Check the declared length, or read a body sent without one (chunked)."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return self._too_large()
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = await request.body()
+            if len(body) > self.max_bytes:
+                return self._too_large()
+        return await call_next(request)
+
+    def _too_large(self) -> JSONResponse:
+        detail = f"request body over {self.max_bytes} bytes"
+        return JSONResponse({"detail": detail}, status_code=413)
