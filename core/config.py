@@ -10,14 +10,16 @@ The same file declares the sources under `sources:`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
     AliasChoices,
     Field,
     SecretStr,
+    field_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -29,6 +31,7 @@ from pydantic_settings import (
 from freshkb.core.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "freshkb.yaml"
+TOKEN_CUSTOMER = re.compile(r"^customer:(?P<customer_id>\S{1,128})$")
 WEAVIATE_VERSION = "1.39.3"
 
 
@@ -85,8 +88,10 @@ class Settings(BaseSettings):
     answer_min_relevance: float = Field(
         default=0.35, ge=-1, le=1, description="cosine of the best passage below which we escalate"
     )
-    api_tokens: dict[str, Literal["answer", "admin"]] = Field(
-        default_factory=dict, description="bearer token -> scope; admin may also answer"
+    api_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="bearer token -> scope: 'answer' (a service acting for any customer it "
+        "names), 'customer:<id>' (that one customer only), or 'admin' (also escalations)",
     )
     api_max_body_bytes: int = Field(default=16_384, ge=1024)
 
@@ -94,6 +99,16 @@ class Settings(BaseSettings):
     embedding_device: str = "auto"
     embedding_batch_size: int = Field(default=64, ge=1)
     chunk_max_chars: int = Field(default=0, ge=0, description="0: derive from the model window")
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_scopes(cls, value: dict[str, str]) -> dict[str, str]:
+        for scope in value.values():
+            if scope not in ("answer", "admin") and not TOKEN_CUSTOMER.match(scope):
+                raise ValueError(
+                    f"token scope {scope!r}: use 'answer', 'admin' or 'customer:<customer id>'"
+                )
+        return value
 
     @classmethod
     def settings_customise_sources(

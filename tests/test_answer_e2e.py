@@ -38,6 +38,7 @@ OWN_LLM_PORT, API_PORT, SCRIPTED_LLM_PORT = LLM_PORT + 4, LLM_PORT + 5, LLM_PORT
 
 ANSWER_TOKEN = "test-answer-token"
 ADMIN_TOKEN = "test-admin-token"
+CUSTOMER_1_TOKEN = "test-customer-1-token"
 
 PROMOTIONS = """# Seasonal promotions
 
@@ -115,7 +116,11 @@ def runtime(corpus: dict[str, Any], llm: LlmServerConfig) -> Iterator[Runtime]:
         llm_model=llm.model_alias,
         llm_timeout=120,
         llm_max_tokens=96,
-        api_tokens={ANSWER_TOKEN: "answer", ADMIN_TOKEN: "admin"},
+        api_tokens={
+            ANSWER_TOKEN: "answer",
+            ADMIN_TOKEN: "admin",
+            CUSTOMER_1_TOKEN: "customer:C-1",
+        },
     )
     built = build_runtime(settings)
     yield built
@@ -381,6 +386,54 @@ def test_auth_scopes_and_input_validation(api: str) -> None:
     assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{api}/readyz").json()
     assert ready["ready"] is True and ready["weaviate"] is True and ready["llm"] is True
+
+
+def test_customer_identity_comes_from_the_token_not_the_body(api: str, runtime: Runtime) -> None:
+    question = "What is the status of my order?"
+    as_other = httpx.post(
+        f"{api}/v1/answer",
+        json={"question": question, "customer_id": "C-2"},
+        headers=auth(CUSTOMER_1_TOKEN),
+    )
+    assert as_other.status_code == 403 and "one customer only" in as_other.json()["detail"]
+    other_search = httpx.get(
+        f"{api}/v1/search",
+        params={"q": "order", "customer_id": "C-2"},
+        headers=auth(CUSTOMER_1_TOKEN),
+    )
+    assert other_search.status_code == 403
+    own = httpx.get(
+        f"{api}/v1/search",
+        params={"q": "order status shipped delayed", "k": 10},
+        headers=auth(CUSTOMER_1_TOKEN),
+    )
+    assert own.status_code == 200
+    records = {hit["document"] for hit in own.json()["hits"] if hit["source"] == "crm"}
+    assert records & {"orders.json:O-11", "customers.csv:C-1"}, own.json()
+    assert not records & {"orders.json:O-21", "customers.csv:C-2"}, "only the token's customer"
+    service = httpx.get(
+        f"{api}/v1/search",
+        params={"q": "order status shipped delayed", "k": 10, "customer_id": "C-2"},
+        headers=auth(ANSWER_TOKEN),
+    )
+    others = {hit["document"] for hit in service.json()["hits"] if hit["source"] == "crm"}
+    assert others & {"orders.json:O-21", "customers.csv:C-2"}, service.json()
+    assert not others & {"orders.json:O-11", "customers.csv:C-1"}
+    answered = httpx.post(
+        f"{api}/v1/answer", json={"question": question}, headers=auth(CUSTOMER_1_TOKEN), timeout=300
+    )
+    assert answered.status_code == 200
+    assert "alan.turing@example.com" not in answered.text and "O-21" not in answered.text
+    from freshkb.serving.audit import AnswerAudit
+
+    audit = AnswerAudit(runtime.service.settings.ledger_database_url)
+    try:
+        acted = audit.find(answered.json()["answer_id"])
+    finally:
+        audit.close()
+    assert acted is not None
+    assert (acted.scope, acted.customer_id) == ("customer", "C-1")
+    assert acted.credential and CUSTOMER_1_TOKEN not in acted.credential
 
 
 def test_answer_search_sources_feedback_and_escalations_over_http(api: str, stale: Any) -> None:

@@ -198,3 +198,32 @@ def test_routes_send_what_the_service_returns(answer_services: dict[str, Runtime
         assert {**sent, "checked_at": None} == {**state, "checked_at": None}
     items = api.get("/v1/escalations", headers=auth(ADMIN_TOKEN)).json()
     assert items == [item.to_dict() for item in runtime.service.escalations.find(None)]
+
+
+def test_token_scopes_are_answer_admin_or_one_customer() -> None:
+    import pydantic
+
+    from freshkb.core.config import Settings
+
+    assert Settings(api_tokens={"t": "customer:C-1"}).api_tokens == {"t": "customer:C-1"}
+    with pytest.raises(pydantic.ValidationError, match="customer:<customer id>"):
+        Settings(api_tokens={"t": "root"})
+
+
+def test_a_customer_credential_acts_only_for_its_customer() -> None:
+    from fastapi import HTTPException
+
+    from freshkb.api.auth import credential_for
+
+    tokens = {"svc": "answer", "c1": "customer:C-1", "adm": "admin"}
+    customer = credential_for(tokens, "c1")
+    assert customer is not None and customer.scope == "customer"
+    assert customer.acting_for(None) == customer.acting_for("C-1") == "C-1"
+    with pytest.raises(HTTPException) as refused:
+        customer.acting_for("C-2")
+    assert refused.value.status_code == 403
+    service = credential_for(tokens, "svc")
+    assert service is not None and service.acting_for("C-2") == "C-2"
+    assert service.acting_for(None) is None
+    assert credential_for(tokens, "nope") is None
+    assert "c1" not in customer.fingerprint and len(customer.fingerprint) == 16

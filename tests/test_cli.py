@@ -139,3 +139,56 @@ def test_rollback_moves_the_alias_and_caps_the_ledger_in_one_call(
     assert state is not None and state.last_success_at is not None
     retired = datetime.fromisoformat(done.restored.retired_at.replace("Z", "+00:00"))
     assert state.last_success_at <= retired, "the ledger no longer claims the rebuilt data"
+
+
+def test_cli_gives_prefect_two_minutes_to_start_unless_told_otherwise() -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    }
+    probe = (
+        "import freshkb.cli.app, os; "
+        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; "
+        "print(s.value())"
+    )
+    default = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert default.stdout.strip() == "120", default.stderr
+    told = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env | {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert told.stdout.strip() == "300", told.stderr
+
+
+CLI = [sys.executable, "-m", "freshkb.cli"]
+
+
+@pytest.mark.integration
+def test_prefect_that_cannot_start_says_what_to_do_and_ingests_nothing(
+    weaviate_settings: Any, store: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "returns.md").write_text("# Returns\n\nReturns are accepted within 30 days.\n")
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "1"  # far too short to start
+    result = subprocess.run(
+        [*CLI, "ingest", "--source", "no-prefect", "--kind", "documents", "--path", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "temporary API server did not start within 1s" in result.stderr
+    assert "PREFECT_API_URL" in result.stderr and "nothing was ingested" in result.stderr
+    assert store.count(SourceKind.DOCUMENTS, "no-prefect") == 0

@@ -1,7 +1,8 @@
 """The HTTP API of the answer service (FastAPI; OpenAPI docs at /docs).
 
-Bearer tokens carry one of two scopes: `answer` (ask, search, read the ledger, give feedback)
-and `admin` (also list and resolve escalations). Bodies over the size limit are refused with
+Bearer tokens carry a scope (freshkb/api/auth.py): `answer` (ask, search, read the ledger, give
+feedback, for any customer named), `customer:<id>` (the same, for that customer only) or
+`admin` (also list and resolve escalations). Bodies over the size limit are refused with
 413 before they are parsed; invalid input is a 422 naming the field. A dependency that is down
 for now (Weaviate for /v1/search) is a 503 with Retry-After; /v1/answer instead answers in
 a defined mode (escalated, "knowledge base unavailable").
@@ -21,6 +22,7 @@ from freshkb.api.routers import admin, answers, health
 from freshkb.api.state import ApiState
 from freshkb.core.config import Settings
 from freshkb.core.errors import TransientError
+from freshkb.serving.audit import AnswerAudit
 from freshkb.serving.service import AnswerService
 
 
@@ -39,6 +41,7 @@ def create_app(
         service=service,
         tokens=dict(settings.api_tokens),
         ready=ready,
+        audit=AnswerAudit(settings.ledger_database_url),
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_exception_handler(TransientError, _unavailable)

@@ -1,16 +1,24 @@
-"""Bearer tokens and their scopes: `answer` (ask, search, read the ledger, give feedback) and
-`admin` (also list and resolve escalations)."""
+"""Bearer tokens and what they may do.
+
+A token carries one scope: `answer` (a service such as a support front end: ask, search, read
+the ledger, give feedback, acting for whichever customer it names), `customer:<id>` (the same,
+but only ever for that one customer: a customer's identity comes from the credential, never
+from the request body), or `admin` (also list and resolve escalations).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from freshkb.api.state import api_state
+from freshkb.core.config import TOKEN_CUSTOMER
 
 Scope = Literal["answer", "admin"]
 
@@ -18,9 +26,31 @@ Scope = Literal["answer", "admin"]
 bearer = HTTPBearer(auto_error=False)
 
 
-def granted_scope(tokens: Mapping[str, Scope], presented: str) -> Scope | None:
-    """The scope of a presented token, or None if it is unknown (compared in constant time)."""
-    return next(
+@dataclass(frozen=True)
+class Credential:
+    """Who is calling: the token's scope, its customer if it has one, and a fingerprint that
+    names the token in records without revealing it."""
+
+    scope: str  # answer | admin | customer
+    customer_id: str | None
+    fingerprint: str
+
+    def acting_for(self, requested: str | None) -> str | None:
+        """The customer this request acts for; 403 when a customer token names another."""
+        if self.customer_id is None:
+            return requested
+        if requested is not None and requested != self.customer_id:
+            raise HTTPException(
+                403,
+                "this token acts for one customer only; customer_id must be left out or be "
+                "that customer",
+            )
+        return self.customer_id
+
+
+def credential_for(tokens: Mapping[str, str], presented: str) -> Credential | None:
+    """The credential of a presented token, or None if it is unknown (constant-time compare)."""
+    granted = next(
         (
             scope
             for token, scope in tokens.items()
@@ -28,30 +58,37 @@ def granted_scope(tokens: Mapping[str, Scope], presented: str) -> Scope | None:
         ),
         None,
     )
+    if granted is None:
+        return None
+    fingerprint = hashlib.sha256(presented.encode()).hexdigest()[:16]
+    customer = TOKEN_CUSTOMER.match(granted)
+    if customer:
+        return Credential("customer", customer["customer_id"], fingerprint)
+    return Credential(granted, None, fingerprint)
 
 
-def require(scope: Scope) -> Callable[..., Scope]:
-    """A dependency admitting requests whose bearer token grants `scope` (admin grants both)."""
+def require(scope: Scope) -> Callable[..., Credential]:
+    """A dependency admitting requests whose token grants `scope` (admin grants every scope)."""
 
     def check(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> Scope:
+    ) -> Credential:
         if credentials is None:
             raise HTTPException(
                 401,
                 "missing bearer token: send 'Authorization: Bearer <token>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        granted = granted_scope(api_state(request).tokens, credentials.credentials)
+        granted = credential_for(api_state(request).tokens, credentials.credentials)
         if granted is None:
             raise HTTPException(401, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
-        if scope == "admin" and granted != "admin":
+        if scope == "admin" and granted.scope != "admin":
             raise HTTPException(403, "this endpoint needs a token with the 'admin' scope")
         return granted
 
     return check
 
 
-AnswerScope = Annotated[Scope, Depends(require("answer"))]
-AdminScope = Annotated[Scope, Depends(require("admin"))]
+AnswerScope = Annotated[Credential, Depends(require("answer"))]
+AdminScope = Annotated[Credential, Depends(require("admin"))]

@@ -1,18 +1,16 @@
-"""What the routes share, held on the app: the answer service, the tokens and the readiness
-check; and the dependencies that hand them to a route."""
+"""What the routes share, held on the app: the answer service, the tokens, the credential
+audit and the readiness check; and the dependencies that hand them to a route."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from freshkb.serving.audit import AnswerAudit
 from freshkb.serving.service import AnswerService
-
-if TYPE_CHECKING:
-    from freshkb.api.auth import Scope
 
 
 @dataclass(frozen=True)
@@ -20,7 +18,8 @@ class ApiState:
     """The answer service behind the API, who may call it, and how readiness is checked."""
 
     service: AnswerService
-    tokens: Mapping[str, Scope]
+    tokens: Mapping[str, str]  # token -> answer | admin | customer:<id>
+    audit: AnswerAudit | None = None  # which credential acted for which customer
     ready: Callable[[], dict[str, Any]] | None = None
 
 

@@ -6,12 +6,10 @@ import json
 import secrets
 from pathlib import Path
 
-from freshkb.api.auth import Scope
-
 LOCAL_TOKENS_FILE = "api-tokens.json"
 
 
-def local_tokens(data_dir: Path) -> tuple[Path, dict[str, Scope]]:
+def local_tokens(data_dir: Path) -> tuple[Path, dict[str, str]]:
     """(file, token -> scope): one `answer` and one `admin` token, created on first use."""
     path = data_dir / LOCAL_TOKENS_FILE
     if path.is_file():

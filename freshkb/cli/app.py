@@ -20,7 +20,10 @@ import typer
 
 from freshkb.cli import answers, ingestion, versions
 from freshkb.cli.escalations import escalations_app
+from freshkb.cli.prefect_runs import allow_slow_prefect_start
 from freshkb.cli.servers import LLM, WEAVIATE, server_commands
+
+allow_slow_prefect_start()  # before any command imports Prefect
 
 app = typer.Typer(
     help="Keep a customer-service knowledge base fresh and answerable.",

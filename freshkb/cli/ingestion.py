@@ -12,6 +12,7 @@ from rich.table import Table
 
 from freshkb.cli.options import ConfigOption, JsonFlag, config_argument, settings_for
 from freshkb.cli.output import err, fail, out, print_json, show_report, wide_console
+from freshkb.cli.prefect_runs import explained_prefect_failures
 from freshkb.core.durations import format_duration
 from freshkb.core.errors import ConfigError, FreshkbError
 from freshkb.core.records import SourceKind
@@ -82,14 +83,18 @@ def ingest(  # noqa: PLR0913
         server.ensure_running(settings, announce=err.print)
     except FreshkbError as exc:
         raise fail(exc) from exc
-    reports = [
-        ingest_source(
-            config_file=config_argument(config),
-            source_config=s.model_dump(mode="json"),
-            allow_mass_delete=allow_mass_delete,
-        )
-        for s in sources
-    ]
+    try:
+        with explained_prefect_failures():
+            reports = [
+                ingest_source(
+                    config_file=config_argument(config),
+                    source_config=s.model_dump(mode="json"),
+                    allow_mass_delete=allow_mass_delete,
+                )
+                for s in sources
+            ]
+    except FreshkbError as exc:
+        raise fail(exc) from exc
     if json_out:
         print_json([r.to_dict() for r in reports] if all_sources else reports[0].to_dict())
     else:

@@ -17,6 +17,7 @@ from freshkb.cli.options import (
     settings_for,
 )
 from freshkb.cli.output import err, fail, out, print_json, show_report
+from freshkb.cli.prefect_runs import explained_prefect_failures
 from freshkb.core.config import Settings
 from freshkb.core.errors import FreshkbError
 from freshkb.core.records import SourceKind
@@ -102,7 +103,11 @@ def rebuild(kind: KindOption, config: ConfigOption = None, json_out: JsonFlag = 
         load_sources(settings.config_file)
     except FreshkbError as exc:
         raise fail(exc) from exc
-    summary = rebuild_index(kind.value, config_file=config_argument(config))
+    try:
+        with explained_prefect_failures():
+            summary = rebuild_index(kind.value, config_file=config_argument(config))
+    except FreshkbError as exc:
+        raise fail(exc) from exc
     if json_out:
         print_json(summary.to_dict())
     else:

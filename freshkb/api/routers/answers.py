@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
 from freshkb.api.auth import AnswerScope
@@ -17,28 +17,49 @@ from freshkb.api.schemas import (
     SearchResponse,
     SourceStatus,
 )
-from freshkb.api.state import Service
+from freshkb.api.state import ApiState, Service, api_state
+from freshkb.serving.audit import ActedFor, now
 
 router = APIRouter(prefix="/v1", tags=["answers"])
+State = Annotated[ApiState, Depends(api_state)]
+CUSTOMER_MISMATCH: dict[int | str, dict[str, Any]] = {
+    403: {"description": "a customer token named another customer"}
+}
 
 
-@router.post("/answer")
-async def answer(body: AnswerRequest, _: AnswerScope, service: Service) -> AnswerResponse:
-    """Answer a question; `mode` says how (normal, degraded, escalated, refused)."""
-    result = await run_in_threadpool(service.answer, body.question, body.customer_id, body.k)
+@router.post("/answer", responses=CUSTOMER_MISMATCH)
+async def answer(
+    body: AnswerRequest, credential: AnswerScope, service: Service, state: State
+) -> AnswerResponse:
+    """Answer a question; `mode` says how (normal, degraded, escalated, refused).
+
+    A customer token answers for its own customer; `customer_id` may be left out."""
+    customer_id = credential.acting_for(body.customer_id)
+    result = await run_in_threadpool(service.answer, body.question, customer_id, body.k)
+    if state.audit is not None:
+        entry = ActedFor(
+            result.answer_id,
+            now(),
+            credential.fingerprint,
+            credential.scope,
+            customer_id,
+            result.mode,
+        )
+        await run_in_threadpool(state.audit.record, entry)
     return AnswerResponse.model_validate(result.to_dict())
 
 
-@router.get("/search")
+@router.get("/search", responses=CUSTOMER_MISMATCH)
 async def search(
-    _: AnswerScope,
+    credential: AnswerScope,
     service: Service,
     q: Annotated[str, Query(min_length=1, max_length=2000)],
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     k: Annotated[int, Query(ge=1, le=50)] = 5,
 ) -> SearchResponse:
     """Retrieval only, over the fresh sources; lists the sources left out."""
-    hits, left_out = await run_in_threadpool(service.search, q, customer_id, k)
+    acting = credential.acting_for(customer_id)
+    hits, left_out = await run_in_threadpool(service.search, q, acting, k)
     return SearchResponse(
         hits=[RetrievedPassage.of(hit) for hit in hits],
         stale_sources=[state.name for state in left_out],

@@ -1,0 +1,51 @@
+"""Running flows from the CLI: Prefect's temporary API server, and what to do when it will not
+start.
+
+A one-off `freshkb ingest` runs its flow against a temporary ("ephemeral") Prefect API server
+that Prefect starts in a subprocess. Prefect gives it 20 s by default, which a busy laptop
+(the first run after setup, a build next door) can miss; freshkb gives it 120 s unless
+PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says otherwise, and turns a failure into a
+message that says what to do. With PREFECT_API_URL set, flows run against that server and no
+temporary one is started.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from freshkb.core.errors import ConfigError, TransientError
+
+STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_TIMEOUT_SECONDS = "120"
+
+
+def allow_slow_prefect_start() -> None:
+    """Give Prefect's temporary server 120 s to start (set before Prefect is imported)."""
+    os.environ.setdefault(STARTUP_TIMEOUT_VARIABLE, STARTUP_TIMEOUT_SECONDS)
+
+
+@contextmanager
+def explained_prefect_failures() -> Iterator[None]:
+    """Turn Prefect's 'could not start its temporary server' into a TransientError with the fix."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        raise TransientError(prefect_start_fix(str(exc))) from exc
+
+
+def prefect_start_fix(detail: str) -> str:
+    """What to tell the user when Prefect's temporary API server did not come up."""
+    if os.environ.get("PREFECT_API_URL"):
+        raise ConfigError(f"Prefect API at {os.environ['PREFECT_API_URL']} failed: {detail}")
+    timeout = os.environ.get(STARTUP_TIMEOUT_VARIABLE, STARTUP_TIMEOUT_SECONDS)
+    return (
+        f"Prefect's temporary API server did not start within {timeout}s (is the machine busy?); "
+        "nothing was ingested. Rerun, give it longer with "
+        f"{STARTUP_TIMEOUT_VARIABLE}=300, or run a Prefect server once (`prefect server start`) "
+        "and set PREFECT_API_URL=http://127.0.0.1:4200/api. "
+        f"Prefect said: {detail[:300]}"
+    )
