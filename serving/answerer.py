@@ -19,6 +19,7 @@ import httpx
 
 from freshkb.core.config import Settings
 from freshkb.core.errors import LLMUnavailable
+from freshkb.serving.admission import AdmissionGate, Overloaded
 from freshkb.serving.prompting import neutralise, quote_as_data, system_prompt
 
 CITATION = re.compile(r"\[(S\d+)\]")
@@ -112,9 +113,22 @@ class OpenAICompatibleAnswerer:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = client or httpx.Client(timeout=settings.llm_timeout, headers=headers)
         self.breaker = CircuitBreaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown)
+        # Calls beyond the endpoint's capacity wait a little, then the answer quotes instead.
+        self.slots = AdmissionGate(
+            "LLM", settings.llm_concurrency, waiting=1_000, wait_seconds=settings.llm_queue_seconds
+        )
 
     def answer(self, question: str, passages: Sequence[Passage], note: str = "") -> Completion:
-        """The model's answer with the labels it cited; LLMUnavailable on any failure."""
+        """The model's answer with the labels it cited; LLMUnavailable on any failure, or when
+        no call slot frees up within `llm_queue_seconds`."""
+        try:
+            with self.slots.admit():
+                return self._call(question, passages, note)
+        except Overloaded as exc:
+            raise LLMUnavailable(f"LLM busy ({exc})") from exc
+
+    def _call(self, question: str, passages: Sequence[Passage], note: str) -> Completion:
+        """One chat completion, through the circuit breaker."""
         if not self.breaker.allow():
             raise LLMUnavailable(
                 f"LLM endpoint {self.base_url} failed repeatedly; circuit open, retrying later"

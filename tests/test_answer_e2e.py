@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # Beside the session's LLM server (conftest), so sessions run with other ports do not collide.
 LLM_PORT = int(os.environ.get("FRESHKB_TEST_LLM_PORT", "18091"))
 OWN_LLM_PORT, API_PORT, SCRIPTED_LLM_PORT = LLM_PORT + 4, LLM_PORT + 5, LLM_PORT + 6
+LIMITED_API_PORT = LLM_PORT + 7
 
 ANSWER_TOKEN = "test-answer-token"
 ADMIN_TOKEN = "test-admin-token"
@@ -343,22 +345,30 @@ def test_hidden_instruction_in_a_document_is_flagged_and_not_followed(
 # -- HTTP -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def api(runtime: Runtime) -> Iterator[str]:
-    """The FastAPI app served by uvicorn on a loopback port in a thread."""
+@contextmanager
+def served(app: Any, port: int) -> Iterator[str]:
+    """An app served by uvicorn on a loopback port in a thread."""
     import uvicorn
 
-    app = create_app(runtime.service.settings, runtime.service, runtime.ready)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=API_PORT, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    yield f"http://127.0.0.1:{API_PORT}"
+    yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def api(runtime: Runtime) -> Iterator[str]:
+    """The FastAPI app over the real answer service."""
+    with served(
+        create_app(runtime.service.settings, runtime.service, runtime.ready), API_PORT
+    ) as url:
+        yield url
 
 
 def auth(token: str) -> dict[str, str]:
@@ -544,3 +554,28 @@ def test_weaviate_down_escalates_and_answers_resume_when_it_returns(
     after = runtime.service.answer(question)
     assert after.mode in {"normal", "degraded"}, after.reasons
     assert after.citations and after.citations[0].document == "shipping.md"
+
+
+def test_answers_beyond_capacity_are_turned_away_with_retry_after(runtime: Runtime) -> None:
+    limited = runtime.service.settings.model_copy(
+        update={"answer_concurrency": 1, "answer_queue": 1, "answer_queue_seconds": 60}
+    )
+    app = create_app(limited, runtime.service, runtime.ready)
+    body = {"question": "How long does standard shipping take?"}
+
+    with served(app, LIMITED_API_PORT) as url:
+
+        def ask(_: int) -> httpx.Response:
+            return httpx.post(
+                f"{url}/v1/answer", json=body, headers=auth(ANSWER_TOKEN), timeout=300
+            )
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            responses = list(pool.map(ask, range(10)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 429}, codes
+    assert codes.count(200) >= 2, "the running answer and the queued one are served"
+    assert codes.count(429) >= 1, codes
+    for refused in (r for r in responses if r.status_code == 429):
+        assert refused.headers["Retry-After"] == "60"
+        assert "waiting already" in refused.json()["detail"]

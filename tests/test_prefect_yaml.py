@@ -8,7 +8,7 @@ from conftest import REPO_ROOT
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
-from freshkb.core.config import load_sources
+from freshkb.core.sources import load_sources
 
 
 def test_prefect_deployments_load_their_flows_with_valid_parameters_and_schedules():

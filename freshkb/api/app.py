@@ -5,7 +5,9 @@ feedback, for any customer named), `customer:<id>` (the same, for that customer 
 `admin` (also list and resolve escalations). Bodies over the size limit are refused with
 413 before they are parsed; invalid input is a 422 naming the field. A dependency that is down
 for now (Weaviate for /v1/search) is a 503 with Retry-After; /v1/answer instead answers in
-a defined mode (escalated, "knowledge base unavailable").
+a defined mode (escalated, "knowledge base unavailable"). Beyond the worker's answer capacity,
+requests are turned away at once with 429 (queue full) or 503 (no slot within the wait), with
+Retry-After (serving/admission.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from freshkb.api.routers import admin, answers, health
 from freshkb.api.state import ApiState
 from freshkb.core.config import Settings
 from freshkb.core.errors import TransientError
+from freshkb.serving.admission import AdmissionGate, Overloaded
 from freshkb.serving.audit import AnswerAudit
 from freshkb.serving.service import AnswerService
 
@@ -42,8 +45,15 @@ def create_app(
         tokens=dict(settings.api_tokens),
         ready=ready,
         audit=AnswerAudit(settings.ledger_database_url),
+        answers=AdmissionGate(
+            "answers",
+            settings.answer_concurrency,
+            settings.answer_queue,
+            settings.answer_queue_seconds,
+        ),
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(TransientError, _unavailable)
     app.include_router(health.router)
     app.include_router(answers.router)
@@ -60,6 +70,16 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
         {"detail": f"temporarily unavailable: {exc}"},
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _overloaded(request: Request, exc: Exception) -> Response:
+    """Turned away by back-pressure: 429 (queue full) or 503 (waited too long), Retry-After."""
+    assert isinstance(exc, Overloaded)
+    return JSONResponse(
+        {"detail": str(exc)},
+        status_code=exc.status,
+        headers={"Retry-After": str(exc.retry_after)},
     )
 
 

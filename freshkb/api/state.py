@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from freshkb.serving.admission import AdmissionGate
 from freshkb.serving.audit import AnswerAudit
 from freshkb.serving.service import AnswerService
 
@@ -20,6 +21,7 @@ class ApiState:
     service: AnswerService
     tokens: Mapping[str, str]  # token -> answer | admin | customer:<id>
     audit: AnswerAudit | None = None  # which credential acted for which customer
+    answers: AdmissionGate | None = None  # back-pressure on /v1/answer
     ready: Callable[[], dict[str, Any]] | None = None
 
 

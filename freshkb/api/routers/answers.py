@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
@@ -25,9 +26,14 @@ State = Annotated[ApiState, Depends(api_state)]
 CUSTOMER_MISMATCH: dict[int | str, dict[str, Any]] = {
     403: {"description": "a customer token named another customer"}
 }
+OVERLOADED: dict[int | str, dict[str, Any]] = {
+    429: {"description": "too many answers waiting; retry after Retry-After seconds"},
+    503: {"description": "no answer slot freed up in time; retry after Retry-After seconds"},
+}
+T = TypeVar("T")
 
 
-@router.post("/answer", responses=CUSTOMER_MISMATCH)
+@router.post("/answer", responses=CUSTOMER_MISMATCH | OVERLOADED)
 async def answer(
     body: AnswerRequest, credential: AnswerScope, service: Service, state: State
 ) -> AnswerResponse:
@@ -35,7 +41,9 @@ async def answer(
 
     A customer token answers for its own customer; `customer_id` may be left out."""
     customer_id = credential.acting_for(body.customer_id)
-    result = await run_in_threadpool(service.answer, body.question, customer_id, body.k)
+    result = await run_in_threadpool(
+        _admitted, state, service.answer, body.question, customer_id, body.k
+    )
     if state.audit is not None:
         entry = ActedFor(
             result.answer_id,
@@ -47,6 +55,14 @@ async def answer(
         )
         await run_in_threadpool(state.audit.record, entry)
     return AnswerResponse.model_validate(result.to_dict())
+
+
+def _admitted(state: ApiState, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` once the answers gate lets it in (it waits in a worker thread)."""
+    if state.answers is None:
+        return call(*args)
+    with state.answers.admit():
+        return call(*args)
 
 
 @router.get("/search", responses=CUSTOMER_MISMATCH)
