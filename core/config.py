@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         "names), 'customer:<id>' (that one customer only), or 'admin' (also escalations)",
     )
     api_max_body_bytes: int = Field(default=16_384, ge=1024)
-    # back-pressure per worker process (see serving/admission.py and README, "Sizing the back-pressure")
+    # back-pressure per worker process: serving/admission.py, README "Sizing the back-pressure"
     answer_concurrency: int = Field(default=8, ge=1, description="answers computed at once")
     answer_queue: int = Field(default=32, ge=0, description="answers waiting; beyond: 429")
     answer_queue_seconds: float = Field(default=10.0, gt=0, description="wait; beyond: 503")

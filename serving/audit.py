@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from freshkb.core.sql import sql_engine
+from freshkb.core.sql import as_utc, sql_engine
 
 metadata = sa.MetaData()
 
@@ -58,8 +58,7 @@ class AnswerAudit:
             row = connection.execute(query).mappings().first()
         if row is None:
             return None
-        at = row["answered_at"]
-        return ActedFor(**{**row, "answered_at": at if at.tzinfo else at.replace(tzinfo=UTC)})
+        return ActedFor(**{**row, "answered_at": as_utc(row["answered_at"])})
 
 
 def now() -> datetime:

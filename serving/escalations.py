@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from freshkb.core.errors import ConfigError
-from freshkb.core.sql import sql_engine
+from freshkb.core.sql import as_utc, sql_engine
 
 metadata = sa.MetaData()
 
@@ -201,12 +201,7 @@ class EscalationStore:
 
 
 def _escalation(row: dict[str, Any]) -> Escalation:
-    def aware(value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-    created = aware(row["created_at"])
+    created = as_utc(row["created_at"])
     assert created is not None
     return Escalation(
         id=row["id"],
@@ -217,7 +212,7 @@ def _escalation(row: dict[str, Any]) -> Escalation:
         reasons=json.loads(row["reasons"]),
         context=json.loads(row["context"]),
         status=row["status"],
-        resolved_at=aware(row["resolved_at"]),
+        resolved_at=as_utc(row["resolved_at"]),
         resolved_by=row["resolved_by"],
         human_answer=row["human_answer"],
     )

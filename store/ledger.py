@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from freshkb.core.report import RunReport
 from freshkb.core.sources import SourceConfig
-from freshkb.core.sql import sql_engine
+from freshkb.core.sql import as_utc, sql_engine
 from freshkb.validation.freshness import SourceFreshness, SyncHistory, assess, never_synced
 
 metadata = sa.MetaData()
@@ -211,15 +211,6 @@ class Ledger:
         return [_run(row) for row in rows]
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes; everything freshkb stores is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else _utc(value)
-
-
 def _history(row: sa.RowMapping) -> SyncHistory:
     """A source's row as the freshness policy's input."""
     return SyncHistory(
@@ -228,13 +219,13 @@ def _history(row: sa.RowMapping) -> SyncHistory:
         owner=row["owner"] or "",
         sla_seconds=row["sla_seconds"],
         record_max_age_seconds=row["record_max_age_seconds"],
-        last_attempt_at=_aware(row["last_attempt_at"]),
+        last_attempt_at=as_utc(row["last_attempt_at"]),
         last_status=row["last_status"],
         last_error=row["last_error"],
         last_flow_run_id=row["last_flow_run_id"],
-        last_success_at=_aware(row["last_success_at"]),
+        last_success_at=as_utc(row["last_success_at"]),
         last_success_flow_run_id=row["last_success_flow_run_id"],
-        newest_record_at=_aware(row["newest_record_at"]),
+        newest_record_at=as_utc(row["newest_record_at"]),
         validation=json.loads(row["last_validation"] or "{}"),
         counts=json.loads(row["counts"] or "{}"),
     )
@@ -246,8 +237,8 @@ def _run(row: sa.RowMapping) -> IngestRun:
         id=int(row["id"]),
         source=row["source"],
         flow_run_id=row["flow_run_id"],
-        started_at=_utc(row["started_at"]),
-        finished_at=_aware(row["finished_at"]),
+        started_at=as_utc(row["started_at"]),
+        finished_at=as_utc(row["finished_at"]),
         status=row["status"],
         error=row["error"],
         report=json.loads(row["report"] or "{}"),
