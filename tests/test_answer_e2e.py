@@ -499,7 +499,7 @@ def test_answer_search_sources_feedback_and_escalations_over_http(api: str, stal
     assert missing.status_code == 404
 
 
-def test_fifty_concurrent_answer_requests_all_succeed(api: str) -> None:
+def test_fifty_concurrent_answer_requests_are_served_or_shed_never_failed(api: str) -> None:
     questions = [
         "How long does standard shipping take?",
         "Is worn footwear accepted for return?",
@@ -518,8 +518,12 @@ def test_fifty_concurrent_answer_requests_all_succeed(api: str) -> None:
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         responses = list(pool.map(ask, range(50)))
-    assert [r.status_code for r in responses] == [200] * 50
-    modes = {r.json()["mode"] for r in responses}
+    codes = [r.status_code for r in responses]
+    # Beyond the worker's capacity (8 running, 32 waiting by default) load is shed, never failed.
+    assert set(codes) <= {200, 429, 503}, codes
+    assert codes.count(200) >= 8, codes
+    assert all(r.headers.get("Retry-After") for r in responses if r.status_code != 200)
+    modes = {r.json()["mode"] for r in responses if r.status_code == 200}
     assert modes <= {"normal", "degraded", "escalated", "refused"}
 
 
