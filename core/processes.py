@@ -117,10 +117,7 @@ class ManagedProcess:
             time.sleep(0.1)
         if self.read_pid() is not None:
             self._signal(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        _reap(pid, timeout=max(timeout, 5.0))
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -137,3 +134,20 @@ class ManagedProcess:
                 os.killpg(pid, signum)
             else:
                 os.kill(pid, signum)
+
+
+def _reap(pid: int, timeout: float) -> None:
+    """Collect the exit status of `pid` when it is our child, waiting up to `timeout` seconds.
+
+    A process that has begun to exit can already look gone in /proc (its command line is empty)
+    while the kernel does not yet report it to waitpid; reaping once would leave it behind.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return  # not our child, or already collected
+        if done or time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)

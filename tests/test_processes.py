@@ -31,7 +31,7 @@ def test_started_process_is_found_by_its_pid_file_and_stopped(
 
     assert process.stop(timeout=10)
 
-    assert popen.poll() is not None
+    assert popen.wait(timeout=10) is not None, "the server itself has exited"
     assert not process.is_alive() and not process.pid_file.exists()
     assert not process.stop(timeout=10)
 
