@@ -1,8 +1,8 @@
 """The one way freshkb runs a local server of its own (Weaviate, the test LLM server).
 
 A managed process runs in its own session with its output appended to a log file, and is found
-again, by any later freshkb command, through its pid file. Stopping it asks politely (SIGTERM),
-waits, then insists (SIGKILL).
+again, by any later freshkb command, through its pid file. Stopping it asks politely (SIGTERM,
+or the signal the server listens for), waits, then insists (SIGKILL).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class ManagedProcess:
     signature: bytes | None = None
     # Signal its whole process group (a server that spawns workers), not just the pid.
     signal_group: bool = False
+    # How it is asked to stop: a Prefect worker shuts down on SIGINT and ignores SIGTERM.
+    stop_signal: signal.Signals = signal.SIGTERM
 
     def start(
         self,
@@ -103,12 +105,12 @@ class ManagedProcess:
         return self.read_pid() is not None
 
     def stop(self, timeout: float) -> bool:
-        """Stop the process (SIGTERM, then SIGKILL after `timeout` seconds); True if it ran."""
+        """Stop the process (its stop signal, then SIGKILL after `timeout` s); True if it ran."""
         pid = self.read_pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        self._signal(pid, signal.SIGTERM)
+        self._signal(pid, self.stop_signal)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.read_pid() is not None:
             # Reap it when we are its parent, or it lingers as a zombie that kill(0) still sees.

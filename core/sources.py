@@ -29,6 +29,11 @@ from freshkb.core.errors import ConfigError
 from freshkb.core.records import SourceKind
 
 SQL_URL = re.compile(r"^[a-z][a-z0-9+]*://")
+# Five cron fields of digits, names and * , - / (Prefect checks the full syntax at deploy time).
+CRON = re.compile(r"^\s*[\w*,/?-]+(\s+[\w*,/?-]+){4}\s*$")
+# A schedule derived from a freshness SLA never runs more often than this: each run starts a
+# process and loads the embedding model, and Prefect queues runs that cannot keep up.
+SCHEDULE_FLOOR_SECONDS = 300.0
 
 
 Duration = str | float
@@ -65,6 +70,15 @@ class FreshnessConfig(BaseModel):
     def record_max_age_seconds(self) -> float | None:
         """The record-age SLA in seconds, if set."""
         return None if self.record_max_age is None else parse_duration(self.record_max_age)
+
+
+class SourceSchedule(BaseModel):
+    """When a source's deployment runs: a cron line (UTC) or an interval in seconds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cron: str | None = None
+    interval_seconds: float | None = None
 
 
 NAMED_FORMATS = {
@@ -134,6 +148,37 @@ class SourceConfig(BaseModel):
     description: str = ""
     freshness: FreshnessConfig = Field(default_factory=FreshnessConfig)
     expectations: Expectations = Field(default_factory=Expectations)
+    schedule: Duration | None = Field(
+        default=None,
+        description="when its deployment runs: a cron line in UTC ('*/15 * * * *') or an "
+        "interval ('15m'); default half the freshness max_age, at least 5 minutes",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _is_cron_or_interval(cls, value: Duration | None) -> Duration | None:
+        if value is None or (isinstance(value, str) and CRON.match(value)):
+            return value
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise ValueError(
+                f"schedule {value!r} is neither a cron line ('*/15 * * * *') nor an interval "
+                "('15m')"
+            ) from None
+        if seconds <= 0:
+            raise ValueError("a schedule interval must be longer than 0s")
+        return value
+
+    @property
+    def run_schedule(self) -> SourceSchedule:
+        """Its schedule as configured, else half its freshness SLA (never under 5 minutes)."""
+        if isinstance(self.schedule, str) and CRON.match(self.schedule):
+            return SourceSchedule(cron=" ".join(self.schedule.split()))
+        if self.schedule is not None:
+            return SourceSchedule(interval_seconds=parse_duration(self.schedule))
+        half_sla = self.freshness.max_age_seconds / 2
+        return SourceSchedule(interval_seconds=max(half_sla, SCHEDULE_FLOOR_SECONDS))
 
     @property
     def is_sql(self) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from freshkb.api.auth import AnswerScope
@@ -18,31 +19,33 @@ from freshkb.api.schemas import (
     SearchResponse,
     SourceStatus,
 )
-from freshkb.api.state import ApiState, Service, api_state
+from freshkb.api.state import Service, api_state
+from freshkb.serving.admission import AsyncAdmissionGate
 from freshkb.serving.audit import ActedFor, now
 
 router = APIRouter(prefix="/v1", tags=["answers"])
-State = Annotated[ApiState, Depends(api_state)]
 CUSTOMER_MISMATCH: dict[int | str, dict[str, Any]] = {
     403: {"description": "a customer token named another customer"}
 }
 OVERLOADED: dict[int | str, dict[str, Any]] = {
-    429: {"description": "too many answers waiting; retry after Retry-After seconds"},
-    503: {"description": "no answer slot freed up in time; retry after Retry-After seconds"},
+    429: {"description": "too many requests waiting; retry after Retry-After seconds"},
+    503: {
+        "description": "no slot freed up in time (or, for search, Weaviate is down); retry "
+        "after Retry-After seconds"
+    },
 }
 T = TypeVar("T")
 
 
 @router.post("/answer", responses=CUSTOMER_MISMATCH | OVERLOADED)
-async def answer(
-    body: AnswerRequest, credential: AnswerScope, service: Service, state: State
-) -> AnswerResponse:
+async def answer(body: AnswerRequest, credential: AnswerScope, request: Request) -> AnswerResponse:
     """Answer a question; `mode` says how (normal, degraded, escalated, refused).
 
     A customer token answers for its own customer; `customer_id` may be left out."""
+    state = api_state(request)
     customer_id = credential.acting_for(body.customer_id)
-    result = await run_in_threadpool(
-        _admitted, state, service.answer, body.question, customer_id, body.k
+    result = await _admitted(
+        state.answer_gate, state.service.answer, body.question, customer_id, body.k
     )
     if state.audit is not None:
         entry = ActedFor(
@@ -57,28 +60,32 @@ async def answer(
     return AnswerResponse.model_validate(result.to_dict())
 
 
-def _admitted(state: ApiState, call: Callable[..., T], *args: Any) -> T:
-    """`call(*args)` once the answers gate lets it in (it waits in a worker thread)."""
-    if state.answers is None:
-        return call(*args)
-    with state.answers.admit():
-        return call(*args)
+async def _admitted(gate: AsyncAdmissionGate | None, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` on a worker thread once `gate` admits it.
+
+    Admission happens here on the event loop, before any thread is taken, so a refusal is
+    immediate and at most `gate.running` threads work on this route at once."""
+    if gate is None:
+        return await run_in_threadpool(call, *args)
+    async with gate.admit():
+        return await anyio.to_thread.run_sync(call, *args, limiter=gate.limiter)
 
 
-@router.get("/search", responses=CUSTOMER_MISMATCH)
+@router.get("/search", responses=CUSTOMER_MISMATCH | OVERLOADED)
 async def search(
     credential: AnswerScope,
-    service: Service,
+    request: Request,
     q: Annotated[str, Query(min_length=1, max_length=2000)],
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     k: Annotated[int, Query(ge=1, le=50)] = 5,
 ) -> SearchResponse:
     """Retrieval only, over the fresh sources; lists the sources left out."""
+    state = api_state(request)
     acting = credential.acting_for(customer_id)
-    hits, left_out = await run_in_threadpool(service.search, q, acting, k)
+    hits, left_out = await _admitted(state.search_gate, state.service.search, q, acting, k)
     return SearchResponse(
         hits=[RetrievedPassage.of(hit) for hit in hits],
-        stale_sources=[state.name for state in left_out],
+        stale_sources=[source.name for source in left_out],
     )
 
 
