@@ -32,6 +32,9 @@ from freshkb.core.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "freshkb.yaml"
 TOKEN_CUSTOMER = re.compile(r"^customer:(?P<customer_id>\S{1,128})$")
+# `upload` (every documents source) or `upload:a,b` (those sources only).
+_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
+TOKEN_UPLOAD = re.compile(rf"^upload(:(?P<sources>{_NAME}(,{_NAME})*))?$")
 WEAVIATE_VERSION = "1.39.3"
 
 
@@ -91,9 +94,13 @@ class Settings(BaseSettings):
     api_tokens: dict[str, str] = Field(
         default_factory=dict,
         description="bearer token -> scope: 'answer' (a service acting for any customer it "
-        "names), 'customer:<id>' (that one customer only), or 'admin' (also escalations)",
+        "names), 'customer:<id>' (that one customer only), 'upload' or 'upload:<source>,...' "
+        "(documents into those sources), or 'admin' (also escalations)",
     )
     api_max_body_bytes: int = Field(default=16_384, ge=1024)
+    upload_max_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="largest document one upload may carry"
+    )
     # back-pressure per worker process: serving/admission.py, README "Sizing the back-pressure"
     answer_concurrency: int = Field(default=8, ge=1, description="answers computed at once")
     answer_queue: int = Field(default=32, ge=0, description="answers waiting; beyond: 429")
@@ -112,9 +119,12 @@ class Settings(BaseSettings):
     @classmethod
     def _token_scopes(cls, value: dict[str, str]) -> dict[str, str]:
         for scope in value.values():
-            if scope not in ("answer", "admin") and not TOKEN_CUSTOMER.match(scope):
+            if scope in ("answer", "admin") or TOKEN_CUSTOMER.match(scope):
+                continue
+            if not TOKEN_UPLOAD.match(scope):
                 raise ValueError(
-                    f"token scope {scope!r}: use 'answer', 'admin' or 'customer:<customer id>'"
+                    f"token scope {scope!r}: use 'answer', 'admin', 'customer:<customer id>', "
+                    "'upload' or 'upload:<source>,<source>'"
                 )
         return value
 

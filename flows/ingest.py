@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from freshkb.core.config import Settings
-from freshkb.core.errors import ConfigError, DataError, FreshkbError
+from freshkb.core.errors import DataError, FreshkbError
 from freshkb.core.records import EmbeddedChunk, LoadResult, SyncPlan
 from freshkb.core.report import ObjectFailure, RunReport
 from freshkb.core.sources import AnySource, get_source, load_sources, parse_source
@@ -40,7 +40,7 @@ from freshkb.flows.tasks import (
     validate_task,
     verify_task,
 )
-from freshkb.store.ledger import Ledger
+from freshkb.store.ledger import Ledger, ledger_unavailable
 from freshkb.validation.breaker import check_deletions
 
 
@@ -78,11 +78,11 @@ def ingest_source(
         settings, config, str(flow_run.id or "local"), allow_mass_delete, target_collection
     )
     report = RunReport(source=config.name, kind=config.kind.value, flow_run_id=run.flow_run_id)
-    ledger = open_ledger(settings) if target_collection is None else None
-    ledger_run = (
-        ledger.record_attempt(config, run.flow_run_id, datetime.now(UTC)) if ledger else None
-    )
+    ledger: Ledger | None = None
+    ledger_run = 0
     try:
+        if target_collection is None:
+            ledger, ledger_run = _start_in_ledger(run)
         run_stages(run, report)
     except Exception as exc:  # an error, or a bug, ends as a failed report, never a crash
         report.fail(exc)
@@ -90,13 +90,47 @@ def ingest_source(
         get_run_logger().error(
             "ingest of %s failed: %s", config.name, report.error, exc_info=unexpected
         )
-    if ledger is not None and ledger_run is not None:
-        try:
-            ledger.record_result(ledger_run, report, datetime.now(UTC), report.newest_record_at)
-        finally:
-            ledger.close()
+    if ledger is not None:
+        _finish_in_ledger(ledger, ledger_run, run, report)
     _publish(report)
     return report
+
+
+def _start_in_ledger(run: IngestRun) -> tuple[Ledger, int]:
+    """Record the run as started; a LedgerUnavailable, before any stage, if the ledger cannot.
+
+    A run whose success the ledger could not record would leave answers judging the source by
+    an old sync, so no run begins without the ledger: the run fails with nothing written.
+    """
+    url = run.settings.ledger_database_url
+    ledger = None
+    try:
+        ledger = Ledger(url)
+        return ledger, ledger.record_attempt(run.source, run.flow_run_id, datetime.now(UTC))
+    except Exception as exc:
+        if ledger is not None:
+            ledger.close()
+        raise ledger_unavailable(url, exc, f"nothing of {run.source.name} was ingested") from exc
+
+
+def _finish_in_ledger(ledger: Ledger, ledger_run: int, run: IngestRun, report: RunReport) -> None:
+    """Record how the run ended; a ledger lost since the start fails the run, and says so."""
+    url = run.settings.ledger_database_url
+    try:
+        ledger.record_result(ledger_run, report, datetime.now(UTC), report.newest_record_at)
+    except Exception as exc:
+        earlier = f" (the run itself had failed: {report.error})" if report.error else ""
+        report.fail(
+            ledger_unavailable(
+                url,
+                exc,
+                "this run's writes are in the index but its result is not recorded, so the "
+                f"last successful sync of {run.source.name} stays as it was{earlier}",
+            )
+        )
+        get_run_logger().error("ingest of %s failed: %s", run.source.name, report.error)
+    finally:
+        ledger.close()
 
 
 def run_stages(run: IngestRun, report: RunReport) -> None:
@@ -172,14 +206,11 @@ def _write(
 
 
 def open_ledger(settings: Settings) -> Ledger:
-    """The freshness ledger, or a ConfigError naming the setting to fix."""
+    """The freshness ledger, or a LedgerUnavailable naming it, the cause and the fix."""
     try:
         return Ledger(settings.ledger_database_url)
     except Exception as exc:
-        raise ConfigError(
-            f"cannot open the freshness ledger at {settings.ledger_database_url}: {exc}; "
-            "check FRESHKB_LEDGER_URL"
-        ) from exc
+        raise ledger_unavailable(settings.ledger_database_url, exc) from exc
 
 
 def _publish(report: RunReport) -> None:

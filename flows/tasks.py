@@ -196,7 +196,10 @@ def upsert_task(
         for document in plan.changed:
             previous = plan.previous.get(document.document_id)
             now = new_counts.get(document.document_id, 0)
-            if previous and previous.chunk_count > now:
+            # After an interrupted write the stored chunks mix two versions, and the count read
+            # back may be the shorter one's: trim those whatever it says.
+            interrupted = previous is not None and not (previous.complete and previous.content_hash)
+            if previous and (previous.chunk_count > now or interrupted):
                 trimmed += store.delete_positions_from(
                     source.kind, document.document_id, now, document.customer_id
                 )

@@ -4,7 +4,8 @@ rest are turned away at once with a time to retry, instead of queueing without b
 Two kinds of gate. `AsyncAdmissionGate` admits HTTP requests on the event loop, before a
 worker thread is taken: `/v1/answer` and `/v1/search` each let `answer_concurrency` run (on
 threads of their own, `limiter`), `answer_queue` wait up to `answer_queue_seconds`; a full
-queue is 429 at once, a wait that runs out 503, both with Retry-After. `AdmissionGate` does the
+queue, or one that would not drain within the wait at the pace the gate measures, is 429 at
+once; a wait that still runs out is 503; both with Retry-After. `AdmissionGate` does the
 same for blocking callers on threads: LLM calls (`llm_concurrency` run, the rest wait up to
 `llm_queue_seconds`, then the answer quotes the documentation instead, degraded), so a slow
 model never holds an answer hostage.
@@ -23,6 +24,10 @@ from dataclasses import dataclass
 import anyio
 
 from freshkb.core.errors import TransientError
+
+# Share of the wait a queued caller is planned to spend at most: the measured pace is an
+# average and the time a slot is held varies, so plan within the wait, not up to its end.
+PLANNED_SHARE = 0.8
 
 
 class Overloaded(TransientError):
@@ -96,14 +101,24 @@ class AdmissionGate:
             raise _waited_too_long(self.name, waited, self.retry_after) from None
 
 
+@dataclass(frozen=True)
+class _Waiter:
+    """A queued caller: the slot it will be handed, and by when it should have it."""
+
+    slot: asyncio.Future[None]
+    plan_by: float  # PLANNED_SHARE of its wait from its arrival
+
+
 @dataclass
 class AsyncAdmissionGate:
     """The same gate for the event loop: admission costs no thread, refusal no wait.
 
-    Waiters are served first come, first served. Run the admitted blocking work with
-    `anyio.to_thread.run_sync(..., limiter=gate.limiter)`: threads of its own, as many as
-    slots, so other routes never wait behind it in the shared thread pool. Use one gate from
-    one event loop."""
+    Waiters are served first come, first served. The gate learns how long a slot is held (a
+    moving average), so a caller who would likely not get a slot within `wait_seconds` is
+    refused with 429 at once rather than with 503 at the end of the wait: on arrival, and
+    from the back of the queue whenever the work turns out slower. Run the admitted blocking work
+    with `anyio.to_thread.run_sync(..., limiter=gate.limiter)`: as many threads as slots, so
+    other routes never wait behind it in the shared thread pool. One gate, one event loop."""
 
     name: str
     running: int
@@ -113,7 +128,8 @@ class AsyncAdmissionGate:
     def __post_init__(self) -> None:
         self.limiter = anyio.CapacityLimiter(self.running)
         self._busy = 0
-        self._queue: deque[asyncio.Future[None]] = deque()
+        self._queue: deque[_Waiter] = deque()
+        self.held_seconds: float | None = None  # moving average of a slot's use
         self.turned_away = 0
 
     @classmethod
@@ -136,45 +152,81 @@ class AsyncAdmissionGate:
         """Callers waiting for a slot now."""
         return len(self._queue)
 
+    def expected_wait(self, position: int) -> float:
+        """About how long the `position`-th waiter (from 1) waits for a slot; 0 if unknown."""
+        return position * (self.held_seconds or 0.0) / self.running
+
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
-        """Run the block in a slot; Overloaded (429 queue full, 503 waited too long) if not."""
+        """Run the block in a slot; Overloaded (429 queue full or too slow, 503 waited too
+        long) if not."""
         if self._busy < self.running and not self._queue:
             self._busy += 1
         else:
             await self._wait_for_slot()
+        entered = time.monotonic()
         try:
             yield
         finally:
+            self._learn(time.monotonic() - entered)
             self._release()
 
     async def _wait_for_slot(self) -> None:
-        if len(self._queue) >= self.waiting:
-            self.turned_away += 1
-            raise _queue_full(self.name, self.running, self.waiting, self.retry_after)
-        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(slot)
+        eta = self.expected_wait(len(self._queue) + 1)
+        if len(self._queue) >= self.waiting or eta > PLANNED_SHARE * self.wait_seconds:
+            raise self._refuse(eta)
         started = time.monotonic()
+        plan_by = started + PLANNED_SHARE * self.wait_seconds
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), plan_by)
+        self._queue.append(waiter)
         try:
             # shielded: a timeout or a disconnect must not cancel a slot already handed over
-            await asyncio.wait_for(asyncio.shield(slot), self.wait_seconds)
+            await asyncio.wait_for(asyncio.shield(waiter.slot), self.wait_seconds)
         except TimeoutError:
-            if slot.done():  # handed over as the wait ran out: take it
+            if waiter.slot.done():  # settled as the wait ran out: a slot to take, or a refusal
+                waiter.slot.result()
                 return
-            self._queue.remove(slot)
+            self._queue.remove(waiter)
             self.turned_away += 1
             waited = time.monotonic() - started
             raise _waited_too_long(self.name, waited, self.retry_after) from None
         except asyncio.CancelledError:
-            if slot.done():
-                self._release()
-            else:
-                self._queue.remove(slot)
+            if not waiter.slot.done():
+                self._queue.remove(waiter)
+            elif waiter.slot.exception() is None:
+                self._release()  # handed a slot it will not use: pass it on
             raise
+
+    def _refuse(self, eta: float) -> Overloaded:
+        """429 now: the queue is full, or a slot would not free up within the wait."""
+        self.turned_away += 1
+        if len(self._queue) >= self.waiting:
+            return _queue_full(self.name, self.running, self.waiting, self.retry_after)
+        return Overloaded(
+            f"{self.name}: {self.running} running and {len(self._queue)} waiting already, about "
+            f"{eta:.1f}s to a slot, too close to the {self.wait_seconds:g}s wait; retry in "
+            f"{self.retry_after}s",
+            429,
+            self.retry_after,
+        )
+
+    def _learn(self, held: float) -> None:
+        """Update how long a slot is held, and refuse at once the waiters it now says would
+        not get a slot within their wait (from the back: the front is served first)."""
+        previous = self.held_seconds
+        self.held_seconds = held if previous is None else 0.8 * previous + 0.2 * held
+        now = time.monotonic()
+        while self._queue:
+            last = self._queue[-1]
+            eta = self.expected_wait(len(self._queue) - 1)  # one slot frees now
+            if now + eta <= last.plan_by:
+                break
+            self._queue.pop()
+            last.slot.set_exception(self._refuse(eta))
 
     def _release(self) -> None:
         """Hand the slot to the longest waiter, or free it."""
         if self._queue:
-            self._queue.popleft().set_result(None)
+            self._queue.popleft().slot.set_result(None)
         else:
             self._busy -= 1

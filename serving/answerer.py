@@ -8,12 +8,13 @@ an id the model must cite; what it cites is checked against what was retrieved a
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -24,6 +25,8 @@ from freshkb.serving.prompting import neutralise, quote_as_data, system_prompt
 
 CITATION = re.compile(r"\[(S\d+)\]")
 INSUFFICIENT = "INSUFFICIENT"
+# An answer is at most a few thousand tokens; a reply beyond this is not one.
+MAX_REPLY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class OpenAICompatibleAnswerer:
         self.max_tokens = settings.llm_max_tokens
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.timeout = settings.llm_timeout
         self.client = client or httpx.Client(timeout=settings.llm_timeout, headers=headers)
         self.breaker = CircuitBreaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown)
         # Calls beyond the endpoint's capacity wait a little, then the answer quotes instead.
@@ -133,35 +137,84 @@ class OpenAICompatibleAnswerer:
             raise LLMUnavailable(
                 f"LLM endpoint {self.base_url} failed repeatedly; circuit open, retrying later"
             )
+        payload = {
+            "model": self.model,
+            "messages": build_messages(question, passages, note),
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
         try:
-            response = self.client.post(
-                f"{self.base_url}/chat/completions",
-                json={
-                    "model": self.model,
-                    "messages": build_messages(question, passages, note),
-                    "temperature": 0,
-                    "max_tokens": self.max_tokens,
-                },
-            )
-            response.raise_for_status()
-            data = response.json()
-            text = str(data["choices"][0]["message"]["content"] or "").strip()
-        except httpx.TimeoutException as exc:
+            completion = parse_completion(self._post(payload))
+        except LLMUnavailable as exc:
             self.breaker.record(False)
-            raise LLMUnavailable(f"LLM endpoint {self.base_url} timed out") from exc
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
-            self.breaker.record(False)
-            raise LLMUnavailable(f"LLM endpoint {self.base_url} failed: {exc}") from exc
+            raise LLMUnavailable(f"LLM endpoint {self.base_url} {exc}") from exc
         self.breaker.record(True)
-        usage = data.get("usage") or {}
-        return Completion(
-            text=text,
-            cited=tuple(dict.fromkeys(CITATION.findall(text))),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            insufficient=text.upper().startswith(INSUFFICIENT),
-        )
+        return completion
+
+    def _post(self, payload: dict[str, Any]) -> bytes:
+        """The reply's body; LLMUnavailable on a timeout, an error status, a connection
+        failure or a reply too large to be an answer."""
+        # httpx's timeout bounds each read, not the whole reply: a server trickling bytes
+        # would hold the request forever, so the whole exchange has its own deadline.
+        deadline = time.monotonic() + self.timeout
+        try:
+            with self.client.stream("POST", f"{self.base_url}/chat/completions", json=payload) as r:
+                if not r.is_success:
+                    raise LLMUnavailable(f"answered HTTP {r.status_code} {r.reason_phrase}")
+                body = bytearray()
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_REPLY_BYTES:
+                        raise LLMUnavailable(f"sent a reply over {MAX_REPLY_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("reply still arriving at the deadline")
+                return bytes(body)
+        except httpx.TimeoutException as exc:
+            raise LLMUnavailable(f"timed out after {self.timeout:g}s ({exc})") from exc
+        except httpx.HTTPError as exc:
+            raise LLMUnavailable(f"failed: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self.client.close()
+
+
+def parse_completion(body: bytes) -> Completion:
+    """A chat completion reply as a Completion; LLMUnavailable when it holds no answer (an
+    empty body, not JSON, another shape, or empty text), so nothing but text reaches a user."""
+    if not body.strip():
+        raise LLMUnavailable("sent an empty body")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise LLMUnavailable(f"sent a reply that is not JSON (starts {body[:40]!r})") from exc
+    content = _content(data)
+    if not isinstance(content, str):
+        raise LLMUnavailable(
+            "sent JSON without a text answer at choices[0].message.content "
+            f"(found {type(content).__name__})"
+        )
+    text = content.strip()
+    if not text:
+        raise LLMUnavailable("sent an empty answer")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return Completion(
+        text=text,
+        cited=tuple(dict.fromkeys(CITATION.findall(text))),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        insufficient=text.upper().startswith(INSUFFICIENT),
+    )
+
+
+def _content(data: Any) -> Any:
+    """choices[0].message.content of a reply, or None when the reply has another shape."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    return message.get("content") if isinstance(message, dict) else None
+
+
+def _count(value: Any) -> int:
+    """A token count as reported, 0 when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -4,7 +4,8 @@ Modes:
 - normal: the LLM answered from fresh sources only, every paragraph cites a retrieved passage.
 - degraded: something was left out or unavailable and the answer says so: stale or failed
   sources left out, stale customer records left out, or the LLM down (an extractive answer
-  quoting the best passages, with citations).
+  quoting the best passages, with citations), or the freshness ledger unreadable (every
+  source searched, and the answer says their freshness could not be checked).
 - escalated: the fresh knowledge base cannot answer (low retrieval confidence, the model says
   the passages are insufficient, or every source is stale); the question goes to a human.
 - refused: the question is a prompt-injection attempt, or plainly outside the knowledge base.
@@ -13,6 +14,9 @@ Modes:
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from freshkb.core.config import Settings
 from freshkb.core.errors import LLMUnavailable, TransientError
@@ -20,6 +24,7 @@ from freshkb.core.records import SourceKind
 from freshkb.core.timing import timed
 from freshkb.embeddings.embedder import Embedder
 from freshkb.screening import InjectionGuard
+from freshkb.screening.output import OutputVerdict, screen_answer
 from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage
 from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.grounding import attribute_citations, strip_citations, unsupported_or_leaking
@@ -44,8 +49,23 @@ EXTRACTIVE_LEAD = "Our assistant is unavailable right now; here is what our docu
 QUOTED_LEAD = "Here is what our documentation says:"
 KB_UNAVAILABLE = "knowledge base unavailable"
 OWN_RECORDS_NOTE = "Do not state facts about the customer's own account or orders."
+FRESHNESS_UNKNOWN = "freshness unknown"
+FRESHNESS_UNKNOWN_NOTE = (
+    "Note: we could not check how up to date our sources are right now, so parts of this "
+    "answer may be out of date."
+)
 
-__all__ = ["AnswerResult", "AnswerService", "Citation", "StaleSource"]
+__all__ = ["AnswerResult", "AnswerService", "Citation", "SourceSelection", "StaleSource"]
+
+
+@dataclass(frozen=True)
+class SourceSelection:
+    """The sources one request may search and those left out, as the ledger says; when the
+    ledger cannot be read, every source, with why their freshness is unknown."""
+
+    fresh: list[str] | None  # None: no filter, every source is searched
+    left_out: list[SourceFreshness]
+    unknown: str | None = None
 
 
 class AnswerService:
@@ -71,27 +91,42 @@ class AnswerService:
 
     # -- retrieval ----------------------------------------------------------------------
 
-    def freshness(self, customer_id: str | None) -> tuple[list[str], list[SourceFreshness]]:
-        """(fresh source names to search, sources left out) for this request."""
+    def freshness(self, customer_id: str | None) -> SourceSelection:
+        """The fresh sources to search and those left out; with the ledger unreadable (its
+        database locked or down), every source, and the answer says freshness is unknown."""
+        try:
+            states = self.ledger.states()
+        except SQLAlchemyError as exc:
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+            return SourceSelection(None, [], f"{FRESHNESS_UNKNOWN}: ledger unavailable ({cause})")
         fresh: list[str] = []
         left_out: list[SourceFreshness] = []
-        for state in self.ledger.states():
+        for state in states:
             if state.kind == SourceKind.CUSTOMERS.value and customer_id is None:
                 continue
             if state.usable:
                 fresh.append(state.name)
             else:
                 left_out.append(state)
-        return fresh, left_out
+        return SourceSelection(fresh, left_out)
 
     def search(
         self, question: str, customer_id: str | None = None, k: int = 5
     ) -> tuple[list[SearchHit], list[SourceFreshness]]:
         """Hybrid search over the fresh sources only; also returns the sources left out."""
-        fresh, left_out = self.freshness(customer_id)
+        hits, selection = self.retrieve(question, customer_id, k)
+        return hits, selection.left_out
+
+    def retrieve(
+        self, question: str, customer_id: str | None = None, k: int = 5
+    ) -> tuple[list[SearchHit], SourceSelection]:
+        """Hybrid search over the fresh sources only, with the selection that chose them."""
+        selection = self.freshness(customer_id)
         vector = self.embedder.embed([question])[0]
-        hits = self.store.search(question, vector, k=k, customer_id=customer_id, sources=fresh)
-        return hits, left_out
+        hits = self.store.search(
+            question, vector, k=k, customer_id=customer_id, sources=selection.fresh
+        )
+        return hits, selection
 
     # -- answering ----------------------------------------------------------------------
 
@@ -100,7 +135,9 @@ class AnswerService:
         result = AnswerResult(answer_id=str(uuid.uuid4()), answer="", mode="normal")
         seconds: dict[str, float] = {}
         try:
-            return self._answer(result, seconds, question, customer_id, k)
+            return _disclaim_unknown_freshness(
+                self._answer(result, seconds, question, customer_id, k)
+            )
         finally:
             result.timings_ms.update(
                 {stage: round(spent * 1000, 1) for stage, spent in seconds.items()}
@@ -125,10 +162,10 @@ class AnswerService:
             return result
         with timed(seconds, "retrieve"):
             try:
-                hits, left_out = self.search(question, customer_id, k)
+                hits, selection = self.retrieve(question, customer_id, k)
             except TransientError as exc:  # Weaviate down: a human answers, never a 500
                 return self._escalate(result, question, customer_id, [], f"{KB_UNAVAILABLE}: {exc}")
-        own_records_stale = _note_left_out(result, left_out, customer_id)
+        own_records_stale = _note_left_out(result, selection, customer_id)
         with timed(seconds, "screen"):
             usable = self._without_flagged(result, hits)
         best = max((hit.relevance or 0.0 for hit in usable), default=0.0)
@@ -197,7 +234,8 @@ class AnswerService:
         passages: list[Passage],
         by_label: dict[str, SearchHit],
     ) -> AnswerResult:
-        """The model's answer if it is grounded; else escalated or quoted instead."""
+        """The model's answer if it is grounded and passes the output screen; else the passages
+        quoted instead, or escalated (unsafe content on a question that raises it too)."""
         result.tokens = {
             "prompt": completion.prompt_tokens,
             "completion": completion.completion_tokens,
@@ -207,11 +245,20 @@ class AnswerService:
             why = "the model found the passages insufficient"
             return self._escalate(result, question, customer_id, usable, why)
         text = self._cited_text(result, completion, passages, by_label)
+        verdict = self._screen_output(result, question, text, passages)
         threshold = self.settings.answer_min_relevance
         by_passage = {p.label: p for p in passages}
         problem = unsupported_or_leaking(text, by_passage, by_label, threshold, customer_id)
         if problem:
             result.reasons.append(f"model answer rejected: {problem}; answered by quoting")
+        if verdict.action == "escalate":
+            why = f"model answer rejected by output screen: {verdict.reason}; escalated"
+            return self._escalate(result, question, customer_id, list(by_label.values()), why)
+        if verdict.action == "quote":
+            result.reasons.append(
+                f"model answer rejected by output screen: {verdict.reason}; answered by quoting"
+            )
+        if problem or not verdict.passed:
             return self._extractive(result, passages, by_label, QUOTED_LEAD)
         result.answer = text
         cited = dict.fromkeys(CITATION.findall(text))
@@ -220,6 +267,22 @@ class AnswerService:
             result.mode = "degraded"
             result.answer += "\n\n" + stale_note(result.stale_sources)
         return result
+
+    def _screen_output(
+        self, result: AnswerResult, question: str, text: str, passages: list[Passage]
+    ) -> OutputVerdict:
+        """The output screen's verdict on the model's text, timed as `output_screen`."""
+        cited = set(CITATION.findall(text))
+        seconds: dict[str, float] = {}
+        with timed(seconds, "output_screen"):
+            verdict = screen_answer(
+                text,
+                cited=[f"{p.title}\n{p.text}" for p in passages if p.label in cited],
+                retrieved=[f"{p.title}\n{p.text}" for p in passages],
+                question=question,
+            )
+        result.timings_ms["output_screen"] = round(seconds["output_screen"] * 1000, 1)
+        return verdict
 
     def _cited_text(
         self,
@@ -302,9 +365,12 @@ class AnswerService:
 
 
 def _note_left_out(
-    result: AnswerResult, left_out: list[SourceFreshness], customer_id: str | None
+    result: AnswerResult, selection: SourceSelection, customer_id: str | None
 ) -> bool:
     """Name the sources left out; True when they include the customer's own records."""
+    if selection.unknown:
+        result.reasons.append(selection.unknown)
+    left_out = selection.left_out
     result.stale_sources = [StaleSource.of(state) for state in left_out]
     if left_out:
         result.reasons.append(
@@ -318,3 +384,13 @@ def _note_left_out(
             "customer records are not fresh, so this answer avoids account-specific facts"
         )
     return own_records_stale
+
+
+def _disclaim_unknown_freshness(result: AnswerResult) -> AnswerResult:
+    """An answer from sources of unknown freshness is degraded and says so (not escalated or
+    refused ones: they state no facts)."""
+    unknown = any(reason.startswith(FRESHNESS_UNKNOWN) for reason in result.reasons)
+    if unknown and result.mode in ("normal", "degraded"):
+        result.mode = "degraded"
+        result.answer += "\n\n" + FRESHNESS_UNKNOWN_NOTE
+    return result

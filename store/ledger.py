@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from freshkb.core.errors import TransientError
 from freshkb.core.report import RunReport
 from freshkb.core.sources import SourceConfig
 from freshkb.core.sql import as_utc, sql_engine
@@ -69,6 +70,37 @@ COUNT_FIELDS = (
     "objects_written",
     "objects_deleted",
 )
+
+
+class LedgerUnavailable(TransientError):
+    """The freshness ledger cannot be opened or written: locked, read-only, or its server down."""
+
+
+def ledger_unavailable(url: str, exc: BaseException, consequence: str = "") -> LedgerUnavailable:
+    """The error that names the ledger (never its password), the cause, what it means, the fix."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+    reason = cause[0]
+    if "locked" in reason:
+        fix = "let the process holding its lock finish (a long transaction, a backup, a shell)"
+    elif "readonly" in reason or "read-only" in reason:
+        fix = "make the database file and its folder writable for freshkb"
+    elif "unable to open" in reason:
+        fix = "check that the database file's folder exists and freshkb may write there"
+    else:
+        fix = "start its database server, or point FRESHKB_LEDGER_URL at a reachable one"
+    return LedgerUnavailable(
+        f"the freshness ledger at {display_url(url)} is unavailable ({reason})"
+        + (f"; {consequence}" if consequence else "")
+        + f". Fix: {fix} (FRESHKB_LEDGER_URL names the ledger), then rerun"
+    )
+
+
+def display_url(url: str) -> str:
+    """A database URL fit for messages: its password masked."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(an unparseable URL)"
 
 
 @dataclass(frozen=True)

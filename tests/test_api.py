@@ -66,12 +66,15 @@ def test_every_route_documents_its_success_response_schema() -> None:
         "/v1/feedback",
         "/v1/escalations",
         "/v1/escalations/{escalation_id}/resolve",
+        "/v1/uploads",
+        "/v1/sources/{name}/documents",
+        "/v1/sources/{name}/documents/{document}",
     }
 
 
 def test_local_tokens_are_made_once_owner_only_and_reused(tmp_path: Path) -> None:
     path, tokens = local_tokens(tmp_path / "data")
-    assert sorted(tokens.values()) == ["admin", "answer"]
+    assert sorted(tokens.values()) == ["admin", "answer", "upload"]
     assert path.stat().st_mode & 0o777 == 0o600
     assert local_tokens(tmp_path / "data") == (path, tokens)
 

@@ -8,9 +8,9 @@ strings as those forms write them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from freshkb.store.protocol import SearchHit
 
@@ -18,28 +18,69 @@ FreshnessStateName = Literal["fresh", "stale", "failed", "never synced"]
 
 # -- requests -----------------------------------------------------------------------------------
 
+# Text that reaches SQL, Weaviate and the LLM: no NUL bytes (PostgreSQL refuses them), no
+# control characters but tab and line breaks, no lone surrogates (they cannot be encoded).
+_LINE_BREAKS = {"\t", "\n", "\r"}
+
+
+def _unicode_text(value: str) -> str:
+    """Refuse what no store or model should receive; whitespace and line breaks are fine."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes (\\x00)")
+    control = next((c for c in value if (c < " " and c not in _LINE_BREAKS) or c == "\x7f"), None)
+    if control is not None:
+        raise ValueError(f"must not contain control characters (found {control!r})")
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("must be valid Unicode (found a lone surrogate)")
+    return value
+
+
+def _written(value: str) -> str:
+    """Free text that must say something."""
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return _unicode_text(value)
+
+
+def _identifier(value: str) -> str:
+    """An id: printable, no line breaks or surrounding spaces."""
+    if any(c in _LINE_BREAKS for c in value) or value != value.strip():
+        raise ValueError("must not contain line breaks, tabs or surrounding spaces")
+    return _unicode_text(value)
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+Written = Annotated[str, AfterValidator(_written)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+
 
 class AnswerRequest(BaseModel):
     """A customer's question."""
 
-    question: str = Field(min_length=1, max_length=2000)
-    customer_id: str | None = Field(default=None, min_length=1, max_length=128)
+    model_config = ConfigDict(extra="forbid")
+
+    question: Written = Field(min_length=1, max_length=2000)
+    customer_id: Identifier | None = Field(default=None, min_length=1, max_length=128)
     k: int = Field(default=5, ge=1, le=20)
 
 
 class ResolveRequest(BaseModel):
     """A human's answer to an escalated question."""
 
-    answer: str = Field(min_length=1, max_length=10_000)
-    resolved_by: str = Field(default="agent", min_length=1, max_length=128)
+    model_config = ConfigDict(extra="forbid")
+
+    answer: Written = Field(min_length=1, max_length=10_000)
+    resolved_by: Identifier = Field(default="agent", min_length=1, max_length=128)
 
 
 class FeedbackRequest(BaseModel):
     """Whether an answer helped."""
 
-    answer_id: str = Field(min_length=1, max_length=64)
+    model_config = ConfigDict(extra="forbid")
+
+    answer_id: Identifier = Field(min_length=1, max_length=64)
     helpful: bool
-    comment: str | None = Field(default=None, max_length=2000)
+    comment: Text | None = Field(default=None, max_length=2000)
 
 
 # -- answers ------------------------------------------------------------------------------------

@@ -153,6 +153,7 @@ def with_api_tokens(settings: Settings) -> Settings:
         return settings
     path, tokens = local_tokens(settings.data_dir)
     err.print(
-        f"FRESHKB_API_TOKENS is not set: using the tokens in {path} (answer and admin scopes)"
+        f"FRESHKB_API_TOKENS is not set: using the tokens in {path} "
+        "(answer, admin and upload scopes)"
     )
     return settings.model_copy(update={"api_tokens": tokens})

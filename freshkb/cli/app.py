@@ -18,8 +18,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer
 
-from freshkb.cli import answers, ingestion, versions
+from freshkb.cli import answers, ingestion, uploads, versions
 from freshkb.cli.escalations import escalations_app
+from freshkb.cli.prefect_ops import PREFECT, deploy
 from freshkb.cli.prefect_runs import allow_slow_prefect_start
 from freshkb.cli.servers import LLM, WEAVIATE, server_commands
 
@@ -43,3 +44,6 @@ app.add_typer(server_commands(LLM), name="llm")
 app.command("serve")(answers.serve)
 app.command("ask")(answers.ask)
 app.command("sources")(ingestion.sources)
+app.command("upload")(uploads.upload)
+app.add_typer(server_commands(PREFECT), name="prefect")
+app.command("deploy")(deploy)

@@ -66,6 +66,7 @@ def ingest(  # noqa: PLR0913
     json_out: JsonFlag = False,
 ) -> None:
     """Load, validate, chunk, embed and upsert sources into Weaviate; prints the run report."""
+    from freshkb.flows.deployed import source_slot
     from freshkb.flows.ingest import ingest_source
     from freshkb.store import server
 
@@ -85,14 +86,17 @@ def ingest(  # noqa: PLR0913
         raise fail(exc) from exc
     try:
         with explained_prefect_failures():
-            reports = [
-                ingest_source(
-                    config_file=config_argument(config),
-                    source_config=s.model_dump(mode="json"),
-                    allow_mass_delete=allow_mass_delete,
-                )
-                for s in sources
-            ]
+            reports = []
+            for s in sources:
+                # Against a Prefect server, wait for a deployed run of the same source to end.
+                with source_slot(s.name):
+                    reports.append(
+                        ingest_source(
+                            config_file=config_argument(config),
+                            source_config=s.model_dump(mode="json"),
+                            allow_mass_delete=allow_mass_delete,
+                        )
+                    )
     except FreshkbError as exc:
         raise fail(exc) from exc
     if json_out:

@@ -1,0 +1,292 @@
+"""A local Prefect server (API, scheduler, UI) and a process worker, managed by freshkb.
+
+One-off `freshkb ingest` runs need none of this: Prefect starts a temporary server for them.
+Schedules only fire on a real server, and a worker is what runs a deployment's flow runs, so
+`freshkb prefect up` starts both on 127.0.0.1 as managed processes (pid and log files in their
+PREFECT_HOME), creates the work pool when it is missing, and waits until the worker is online.
+The server keeps its own PREFECT_HOME (database, settings) under freshkb's data directory,
+unless the user set one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from freshkb.core.config import Settings
+from freshkb.core.errors import ConfigError, TransientError
+from freshkb.core.processes import ManagedProcess
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
+HOST = "127.0.0.1"
+POOL = "freshkb-local"
+
+
+@dataclass(frozen=True)
+class PrefectServerConfig:
+    """Where the local Prefect server listens and keeps its state."""
+
+    home: Path
+    port: int = 4200
+    pool: str = POOL
+    startup_timeout: float = 180.0  # the first start migrates a new database (52 s measured)
+    python: str = sys.executable
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None) -> PrefectServerConfig:
+        """FRESHKB_PREFECT_PORT (default 4200); PREFECT_HOME, else <data dir>/prefect."""
+        settings = settings or Settings()
+        home = os.environ.get("PREFECT_HOME") or settings.data_dir / "prefect"
+        port = int(os.environ.get("FRESHKB_PREFECT_PORT") or 4200)
+        return cls(home=Path(home).expanduser(), port=port)
+
+    @property
+    def worker_name(self) -> str:
+        """The worker's name in the pool."""
+        return f"freshkb-worker-{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        """The Prefect UI."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """What PREFECT_API_URL must say for flows and the CLI to use this server."""
+        return f"{self.ui_url}/api"
+
+    def server_process(self) -> ManagedProcess:
+        """The server's pid and log files."""
+        return ManagedProcess(
+            pid_file=self.home / f"freshkb-prefect-server-{self.port}.pid",
+            log_file=self.home / f"prefect-server-{self.port}.log",
+            signature=b"server\x00start",
+            signal_group=True,
+        )
+
+    def worker_process(self) -> ManagedProcess:
+        """The worker's pid and log files; a Prefect worker shuts down on SIGINT."""
+        return ManagedProcess(
+            pid_file=self.home / f"freshkb-prefect-worker-{self.port}.pid",
+            log_file=self.home / f"prefect-worker-{self.port}.log",
+            signature=b"worker\x00start",
+            signal_group=True,
+            stop_signal=signal.SIGINT,
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentSummary:
+    """One deployment as `freshkb prefect status` lists it."""
+
+    name: str
+    schedules: list[str]
+    paused: bool
+    concurrency_limit: int | None
+
+
+@dataclass(frozen=True)
+class PrefectStatus:
+    """What `freshkb prefect status` reports."""
+
+    running: bool  # the server answers and the worker runs
+    server_running: bool
+    worker_alive: bool
+    api_url: str
+    ui_url: str
+    pool: str
+    prefect_home: str
+    server_pid: int | None
+    worker_pid: int | None
+    server_log: str
+    worker_log: str
+    deployments: list[DeploymentSummary] = field(default_factory=list)
+
+
+def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """True when the Prefect API at `api_url` answers its health check."""
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def api_client(api_url: str) -> Iterator[SyncPrefectClient]:
+    """A Prefect client of the server at `api_url`, which Prefect's own helpers use too."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        yield client
+
+
+def target_api_url(config: PrefectServerConfig) -> str:
+    """The server deployments go to: PREFECT_API_URL when set, else the managed one."""
+    return os.environ.get("PREFECT_API_URL") or config.api_url
+
+
+def up(config: PrefectServerConfig) -> PrefectStatus:
+    """Start the server (unless it runs), create the work pool, start a worker on it."""
+    _start_server(config)
+    ensure_pool(config.api_url, config.pool)
+    _start_worker(config)
+    return status(config)
+
+
+def down(config: PrefectServerConfig, timeout: float = 30.0) -> bool:
+    """Stop the worker, then the server; True if either was running."""
+    worker = config.worker_process().stop(timeout)
+    server = config.server_process().stop(timeout)
+    return worker or server
+
+
+def status(config: PrefectServerConfig) -> PrefectStatus:
+    """Whether the server answers and the worker runs, and what is deployed there."""
+    server_pid = config.server_process().read_pid()
+    worker_pid = config.worker_process().read_pid()
+    healthy = server_pid is not None and is_healthy(config.api_url)
+    return PrefectStatus(
+        running=healthy and worker_pid is not None,
+        server_running=healthy,
+        worker_alive=worker_pid is not None,
+        api_url=config.api_url,
+        ui_url=config.ui_url,
+        pool=config.pool,
+        prefect_home=str(config.home),
+        server_pid=server_pid,
+        worker_pid=worker_pid,
+        server_log=str(config.server_process().log_file),
+        worker_log=str(config.worker_process().log_file),
+        deployments=list_deployments(config.api_url) if healthy else [],
+    )
+
+
+def ensure_pool(api_url: str, pool: str) -> None:
+    """Create the process work pool `pool` unless it exists."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with api_client(api_url) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            client.create_work_pool(
+                WorkPoolCreate(name=pool, type="process", base_job_template=template)
+            )
+
+
+def list_deployments(api_url: str) -> list[DeploymentSummary]:
+    """Every deployment of the server, by full name, with its schedules."""
+    with api_client(api_url) as client:
+        flows = {flow.id: flow.name for flow in client.read_flows()}
+        deployments = client.read_deployments()
+    return sorted(
+        (
+            DeploymentSummary(
+                name=f"{flows.get(d.flow_id, '?')}/{d.name}",
+                schedules=[_schedule_text(s.schedule) for s in d.schedules],
+                paused=bool(d.paused),
+                concurrency_limit=d.global_concurrency_limit.limit
+                if d.global_concurrency_limit
+                else None,
+            )
+            for d in deployments
+        ),
+        key=lambda summary: summary.name,
+    )
+
+
+def _schedule_text(schedule: object) -> str:
+    cron = getattr(schedule, "cron", None)
+    if cron:
+        return f"cron {cron}"
+    interval = getattr(schedule, "interval", None)
+    return f"every {interval.total_seconds():.0f}s" if interval else str(schedule)
+
+
+def _prefect_env(config: PrefectServerConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(config.home),
+        PREFECT_API_URL=config.api_url,  # the UI and the worker talk to this server
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    return env
+
+
+def _start_server(config: PrefectServerConfig) -> None:
+    managed = config.server_process()
+    if managed.is_alive() and is_healthy(config.api_url):
+        return
+    if is_healthy(config.api_url):
+        raise ConfigError(
+            f"another Prefect server already answers on {config.api_url}; stop it, or choose "
+            "another port with FRESHKB_PREFECT_PORT"
+        )
+    config.home.mkdir(parents=True, exist_ok=True)
+    command = [config.python, "-m", "prefect", "server", "start"]
+    command += ["--host", HOST, "--port", str(config.port)]
+    process = managed.start(command, _prefect_env(config))
+    timeout = config.startup_timeout
+    if not managed.wait_ready(
+        process, lambda: is_healthy(config.api_url), timeout, name="Prefect server", poll=0.5
+    ):
+        managed.stop(10)
+        raise TransientError(
+            f"the Prefect server did not answer on {config.api_url} within {timeout:.0f}s; "
+            f"see {managed.log_file}"
+        )
+
+
+def _start_worker(config: PrefectServerConfig) -> None:
+    managed = config.worker_process()
+    if managed.is_alive():
+        return
+    command = [config.python, "-m", "prefect", "worker", "start"]
+    command += ["--pool", config.pool, "--type", "process", "--name", config.worker_name]
+    started = datetime.now(UTC)
+    process = managed.start(command, _prefect_env(config))
+    if not managed.wait_ready(
+        process,
+        lambda: _worker_online(config, since=started),
+        config.startup_timeout,
+        name="Prefect worker",
+    ):
+        managed.stop(10)
+        raise TransientError(
+            f"the Prefect worker did not come online on pool {config.pool} within "
+            f"{config.startup_timeout:.0f}s; see {managed.log_file}"
+        )
+
+
+def _worker_online(config: PrefectServerConfig, since: datetime) -> bool:
+    """True once our worker has sent a heartbeat since `since` (an earlier one of the same
+    name can still be listed online)."""
+    from prefect.client.schemas.objects import WorkerStatus
+
+    with api_client(config.api_url) as client:
+        workers = client.read_workers_for_work_pool(config.pool)
+    return any(
+        worker.name == config.worker_name
+        and worker.status == WorkerStatus.ONLINE
+        and worker.last_heartbeat_time is not None
+        and worker.last_heartbeat_time >= since
+        for worker in workers
+    )
