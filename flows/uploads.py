@@ -192,14 +192,17 @@ def _literal_glob(name: str) -> str:
 
 def ingest_report(source: AnySource, settings: Settings, allow_mass_delete: bool) -> dict[str, Any]:
     """Run the source's ingest flow; its report, also when the flow raised on failure."""
+    from freshkb.flows.deployed import source_slot
     from freshkb.flows.ingest import ingest_source
 
     try:
-        report = ingest_source(
-            source.name,
-            config_file=str(settings.config_file),
-            allow_mass_delete=allow_mass_delete,
-        )
+        # Against a Prefect server, the source's one slot: never beside a scheduled run of it.
+        with source_slot(source.name):
+            report = ingest_source(
+                source.name,
+                config_file=str(settings.config_file),
+                allow_mass_delete=allow_mass_delete,
+            )
         return report.to_dict()
     except Exception as exc:
         ledger = Ledger(settings.ledger_database_url)
