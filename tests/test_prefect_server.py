@@ -146,6 +146,18 @@ def test_deployed_runs_complete_fail_with_reason_and_never_overlap(
             )
             for label, run in (("first", first), ("second", second), ("failing", failing))
         }
+        # A run announces what is stale as it ends, often within kb's one-second SLA of its own
+        # sync; the freshness check, run once that second has passed, must announce kb.
+        time.sleep(2)
+        check_id = ids["check-freshness/every-10-minutes"]
+        client.resume_deployment(check_id)
+        check = client.create_flow_run_from_deployment(check_id)
+        checked = wait_for(
+            lambda: (r := client.read_flow_run(check.id)).state_type.value in TERMINAL and r,
+            300,
+            "the freshness check to finish",
+        )
+    assert checked.state.name == "Completed", checked.state.message
     assert runs["first"].state.name == "Completed", runs["first"].state.message
     assert runs["second"].state.name == "Completed", runs["second"].state.message
     assert runs["failing"].state.name == "Failed"
