@@ -91,14 +91,22 @@ def store(weaviate_settings: object) -> Iterator[object]:
     from freshkb.store.connection import connect
     from freshkb.store.weaviate_store import WeaviateStore
 
-    data_dir = Path(os.environ["FRESHKB_DATA_DIR"])
-    for leftover in data_dir.glob("ledger.sqlite3*"):
+    empty_index_and_ledger(weaviate_settings)
+    client = connect(weaviate_settings)  # type: ignore[arg-type]
+    yield WeaviateStore(client)
+    client.close()
+
+
+def empty_index_and_ledger(weaviate_settings: object) -> None:
+    """Remove every collection and alias from the test Weaviate and the freshness ledger."""
+    from freshkb.store.connection import connect
+
+    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
         leftover.unlink()
     client = connect(weaviate_settings)  # type: ignore[arg-type]
     for alias in client.alias.list_all():
         client.alias.delete(alias_name=alias)
     client.collections.delete_all()
-    yield WeaviateStore(client)
     client.close()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import empty_index_and_ledger
 from fixtures_files import shared_dir
 from scripted_llm import scripted_llm_server
 from test_ingest_e2e import documents_source, write_policies
@@ -70,15 +71,7 @@ def corpus(
     weaviate_settings: Any, prefect_harness: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """Policies, promotions, a policy carrying a hidden instruction, and two customers."""
-    from freshkb.store.weaviate_store import connect
-
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     root = tmp_path_factory.mktemp("answer-corpus")
     policies, promos, tainted, crm = (root / n for n in ("policies", "promos", "tainted", "crm"))
     for folder in (policies, promos, tainted, crm):

@@ -4,14 +4,13 @@ OpenAI-compatible LLM) is exactly what that documentation describes."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from conftest import TEST_LLM_PORT
+from conftest import TEST_LLM_PORT, empty_index_and_ledger
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from scripted_llm import scripted_llm_server
@@ -103,15 +102,7 @@ def answer_services(
 ) -> Iterator[dict[str, Runtime]]:
     """Answer services over a freshly ingested corpus: one whose model answers from the
     passages, one whose model finds them insufficient (so questions escalate)."""
-    from freshkb.store.connection import connect
-
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     policies = tmp_path_factory.mktemp("api-policies")
     write_policies(policies)
     report = ingest_source(source_config=documents_source(policies, "api-kb"))

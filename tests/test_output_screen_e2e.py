@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import empty_index_and_ledger
 from scripted_llm import PLANTED, scripted_llm_server
 from test_ingest_e2e import documents_source, write_policies
 
@@ -58,15 +58,7 @@ def scripted_runtime(
     weaviate_settings: Any, prefect_harness: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Runtime]:
     """Policies and two customers ingested for real; an answer service on the scripted LLM."""
-    from freshkb.store.weaviate_store import connect
-
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     root = tmp_path_factory.mktemp("screen-corpus")
     policies, crm = root / "policies", root / "crm"
     policies.mkdir()

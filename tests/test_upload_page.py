@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_LLM_PORT
+from conftest import TEST_LLM_PORT, empty_index_and_ledger
 from scripted_llm import scripted_llm_server
 
 from freshkb.api import create_app
@@ -49,15 +49,8 @@ def page_url(
     from test_answer_e2e import served
 
     from freshkb.serving.runtime import build_runtime
-    from freshkb.store.connection import connect
 
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     root = tmp_path_factory.mktemp("page")
     (root / "freshkb.yaml").write_text(CONFIG)
     with scripted_llm_server(SCRIPTED_PORT) as llm_url:

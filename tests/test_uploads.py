@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import empty_index_and_ledger
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -350,15 +351,7 @@ def live(
     uploads, and one file placed in its folder by hand."""
     from test_answer_e2e import served
 
-    from freshkb.store.connection import connect
-
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     root = tmp_path_factory.mktemp("uploads")
     config = write_config(root)
     config.write_text(

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TEST_LLM_PORT
+from conftest import TEST_LLM_PORT, empty_index_and_ledger
 from test_answer_e2e import served
 from test_ingest_e2e import documents_source, write_policies
 
@@ -81,15 +81,7 @@ def corpus(
 ) -> dict[str, str]:
     """Three policies (source `faults-kb`) and a promotion (source `faults-promos`), ingested
     into an empty index through the real flow."""
-    from freshkb.store.connection import connect
-
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     policies, promos = tmp_path_factory.mktemp("faults-kb"), tmp_path_factory.mktemp("promos")
     write_policies(policies)
     (promos / "promotions.md").write_text(PROMOTIONS)

@@ -9,15 +9,13 @@ never a 5xx; SQL-looking ids are only text: served as any other id, never an err
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import TEST_LLM_PORT
+from conftest import TEST_LLM_PORT, empty_index_and_ledger
 from scripted_llm import scripted_llm_server
 from test_answer_e2e import served
 from test_ingest_e2e import documents_source, write_policies
@@ -240,15 +238,7 @@ def api(
     weaviate_settings: Any, prefect_harness: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The API over the real answer service, over a freshly ingested policy folder."""
-    from freshkb.store.connection import connect
-
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     policies = tmp_path_factory.mktemp("bad-input-kb")
     write_policies(policies)
     report = ingest_source(source_config=documents_source(policies, "bad-input-kb"))

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import empty_index_and_ledger
 
 from freshkb.api import create_app
 from freshkb.core.config import Settings
@@ -160,15 +161,8 @@ def sample_runtime(weaviate_settings: Any, prefect_harness: Any) -> Iterator[Run
     """The bundled sample ingested into an emptied index, and the answer service over it with
     the LLM excluded: its endpoint unreachable and its circuit open, so answers quote."""
     from freshkb.flows.ingest import ingest_all
-    from freshkb.store.connection import connect
 
-    for leftover in Path(os.environ["FRESHKB_DATA_DIR"]).glob("ledger.sqlite3*"):
-        leftover.unlink()
-    client = connect(weaviate_settings)  # type: ignore[arg-type]
-    for alias in client.alias.list_all():
-        client.alias.delete(alias_name=alias)
-    client.collections.delete_all()
-    client.close()
+    empty_index_and_ledger(weaviate_settings)
     reports = ingest_all(str(REPO_ROOT / "freshkb.yaml"))
     assert all(r.status == "completed" for r in reports), [(r.source, r.error) for r in reports]
     settings = Settings(
