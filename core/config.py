@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -110,6 +110,25 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="wait for an LLM slot; beyond: a quoted answer"
     )
 
+    prompt_version: str = Field(
+        default="answer-v1", description="system prompt: serving/data/prompts/<version>.txt"
+    )
+    # monitoring: the answer log (serving/answer_log.py), cost, and the SLO file
+    answer_log_questions: Literal["text", "hash"] = Field(
+        default="text", description="keep each question's text in the answer log, or its hash"
+    )
+    answer_log_retention_days: int = Field(default=90, ge=1)
+    llm_price_prompt_per_1k: float = Field(
+        default=0.0, ge=0, description="USD per 1000 prompt tokens (hosted API price)"
+    )
+    llm_price_completion_per_1k: float = Field(default=0.0, ge=0, description="USD per 1000")
+    llm_gpu_hour_usd: float = Field(
+        default=0.0, ge=0, description="self-hosted: USD per GPU hour of the LLM server"
+    )
+    slo_file: Path | None = Field(
+        default=None, description="the SLO targets; default slo.yaml beside the config file"
+    )
+
     embedding_model: str = "all-MiniLM-L6-v2"
     embedding_device: str = "auto"
     embedding_batch_size: int = Field(default=64, ge=1)
@@ -162,6 +181,11 @@ class Settings(BaseSettings):
     def ledger_database_url(self) -> str:
         """Where the freshness ledger lives: ledger_url, else SQLite in the data directory."""
         return self.ledger_url or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+    @property
+    def slo_path(self) -> Path:
+        """The SLO targets file: slo_file, else slo.yaml beside the config file."""
+        return self.slo_file or self.config_file.parent / "slo.yaml"
 
     @property
     def validation_results_dir(self) -> Path:

@@ -22,6 +22,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"screening"}),
     frozenset({"store"}),
     frozenset({"flows", "serving"}),
+    frozenset({"evaluation"}),  # runs the whole path (ingest and answer) and reads its logs
     frozenset({"api"}),  # the entry points, in freshkb/ itself: the HTTP API,
     frozenset({"cli"}),  # and the CLI, whose `serve` runs the API
 )

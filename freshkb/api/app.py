@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.types import ASGIApp
 
-from freshkb.api.routers import admin, answers, health, uploads
+from freshkb.api.routers import admin, answers, health, metrics, review, uploads
 from freshkb.api.state import ApiState
 from freshkb.core.config import Settings
 from freshkb.core.errors import TransientError
@@ -72,6 +72,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(answers.router)
     app.include_router(admin.router)
+    app.include_router(review.router)
+    app.include_router(metrics.router)
     uploads.install(app, settings)
     return app
 
