@@ -29,6 +29,7 @@ from freshkb.core.report import RunReport
 from freshkb.core.sources import load_sources
 from freshkb.flows.ingest import ingest_source
 from freshkb.store import server
+from freshkb.store.active_config import active_settings
 from freshkb.store.ledger import Ledger
 from freshkb.validation.freshness import FreshnessState, SourceFreshness
 
@@ -184,4 +185,4 @@ def _stale_payload(state: SourceFreshness) -> dict[str, object]:
 
 
 def _settings(config_file: str | None) -> Settings:
-    return Settings(config_file=Path(config_file)) if config_file else Settings()
+    return active_settings(Settings(config_file=Path(config_file)) if config_file else Settings())

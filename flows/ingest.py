@@ -40,6 +40,7 @@ from freshkb.flows.tasks import (
     validate_task,
     verify_task,
 )
+from freshkb.store.active_config import active_settings
 from freshkb.store.ledger import Ledger, ledger_unavailable
 from freshkb.validation.breaker import check_deletions
 
@@ -68,7 +69,9 @@ def ingest_source(
     With `target_collection` (a rebuild), the run fills that version instead of the live one and
     leaves the ledger to the rebuild, which records the sources only once it promotes.
     """
-    settings = Settings(config_file=Path(config_file)) if config_file else Settings()
+    # The promoted embedding model (store/active_config.py), where one was promoted.
+    configured = Settings(config_file=Path(config_file)) if config_file else Settings()
+    settings = active_settings(configured)
     config = (
         parse_source(source_config)
         if source_config is not None

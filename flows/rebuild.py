@@ -18,6 +18,7 @@ from freshkb.core.report import RebuildReport, RunReport
 from freshkb.core.sources import AnySource, load_sources, parse_source
 from freshkb.flows.ingest import ingest_source, open_ledger
 from freshkb.flows.tasks import embedding_model, index
+from freshkb.store.active_config import active_settings
 
 
 @flow(name="rebuild")
@@ -30,7 +31,9 @@ def rebuild_index(
     verified in the new version; otherwise the new version is kept, marked failed, and answers
     keep using the old one.
     """
-    settings = Settings(config_file=Path(config_file)) if config_file else Settings()
+    # The promoted embedding model (store/active_config.py), where one was promoted.
+    configured = Settings(config_file=Path(config_file)) if config_file else Settings()
+    settings = active_settings(configured)
     source_kind = SourceKind(kind)
     declared = (
         [parse_source(item) for item in sources]

@@ -28,6 +28,7 @@ from freshkb.core.records import LoadResult, SourceKind, StoredDocument
 from freshkb.core.sources import AnySource, DocumentSourceConfig, get_source
 from freshkb.loaders.documents import DocumentFolderLoader
 from freshkb.loaders.landing import landing_folder
+from freshkb.store.active_config import active_settings
 from freshkb.store.ledger import Ledger
 from freshkb.store.uploads import DocumentState, UploadedDocument, UploadRegister
 from freshkb.store.weaviate_store import open_store
@@ -263,7 +264,7 @@ def main(argv: list[str]) -> int:
     """`python -m freshkb.flows.uploads SOURCE [--config FILE]`: one run, as the CLI detaches it."""
     source_name = argv[0]
     config = argv[argv.index("--config") + 1] if "--config" in argv else None
-    settings = Settings(config_file=Path(config)) if config else Settings()
+    settings = active_settings(Settings(config_file=Path(config)) if config else Settings())
     report = run_uploaded_source(source_name, settings)
     return 0 if report.get("status") == "completed" else 1
 

@@ -4,22 +4,34 @@ hallucination signals it raised.
 
 One row per answer in the operational database (beside escalations, feedback and the
 credential audit), keyed by the answer id that feedback, escalations and reviews join on.
-Rows older than the retention period are deleted by `prune`.
+Rows older than the retention period are deleted by `prune`. `AnswerJournal` is how the answer
+service writes it: a write that fails is logged and counted, never raised, so the log can
+never cost a customer an answer; `answer_detail` joins one answer to its feedback, its
+escalation and the credential that asked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from freshkb.core.sql import as_utc, sql_engine
+from freshkb.serving.audit import ActedFor, AnswerAudit
+from freshkb.serving.escalations import Escalation, EscalationStore
+from freshkb.serving.results import AnswerResult
+
+log = logging.getLogger(__name__)
+PRUNE_EVERY = timedelta(hours=1)
 
 QuestionPrivacy = Literal["text", "hash"]  # keep the question's text, or only its hash
 
@@ -36,6 +48,9 @@ answer_log_table = sa.Table(
     sa.Column("customer_hash", sa.String(64), nullable=True),
     sa.Column("mode", sa.String(16), nullable=False, index=True),
     sa.Column("answer_chars", sa.Integer, nullable=False),
+    # The answer as served, kept like the question (only with privacy "text"): answers can
+    # repeat customer data, and reviewers need to read them.
+    sa.Column("answer", sa.Text, nullable=True),
     sa.Column("citations", sa.Text, nullable=False),  # JSON list
     sa.Column("model", sa.String(256), nullable=False),
     sa.Column("prompt_version", sa.String(64), nullable=False),
@@ -49,6 +64,7 @@ answer_log_table = sa.Table(
     sa.Column("signals", sa.Text, nullable=False),  # JSON list of hallucination signal names
     sa.Column("reasons", sa.Text, nullable=False),  # JSON list
     sa.Column("escalation_id", sa.String(36), nullable=True),
+    sa.Column("llm_seconds", sa.Float, nullable=False, default=0.0),  # the call, for GPU cost
 )
 
 
@@ -87,6 +103,8 @@ class LoggedAnswer:
     reasons: list[str] = field(default_factory=list)
     escalation_id: str | None = None
     question_vector: np.ndarray | None = None
+    llm_seconds: float = 0.0
+    answer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (without the vector)."""
@@ -155,3 +173,162 @@ class AnswerLog:
         query = sa.delete(answer_log_table).where(answer_log_table.c.answered_at < cutoff)
         with self.engine.begin() as connection:
             return connection.execute(query).rowcount or 0
+
+
+def logged_answer(
+    result: AnswerResult,
+    question: str,
+    customer_id: str | None,
+    latency_seconds: float,
+    questions: QuestionPrivacy = "text",
+) -> LoggedAnswer:
+    """The log row of an answer: the question kept as text or only hashed, the customer id
+    hashed, the citations with their chunks and the ingest runs that wrote them."""
+    vector = result.trace.question_vector
+    return LoggedAnswer(
+        answer_id=result.answer_id,
+        answered_at=datetime.now(UTC),
+        question=question if questions == "text" else None,
+        question_hash=digest(question),
+        customer_hash=None if customer_id is None else digest(customer_id),
+        mode=result.mode,
+        answer_chars=len(result.answer),
+        answer=result.answer if questions == "text" else None,
+        citations=[
+            {
+                "chunk_id": c.chunk_id,
+                "source": c.source,
+                "document": c.document,
+                "page": c.page,
+                "flow_run_id": c.flow_run_id,
+                "ingested_at": c.ingested_at,
+            }
+            for c in result.citations
+        ],
+        model=result.model,
+        prompt_version=result.prompt_version,
+        embedding_model=result.embedding_model,
+        best_relevance=result.best_relevance,
+        latency_ms=round(latency_seconds * 1000, 1),
+        timings_ms=dict(result.timings_ms),
+        prompt_tokens=result.tokens.get("prompt", 0),
+        completion_tokens=result.tokens.get("completion", 0),
+        cost_usd=result.cost_usd,
+        signals=list(result.signals),
+        reasons=list(result.reasons),
+        escalation_id=result.escalation_id,
+        question_vector=None if vector is None else np.asarray(vector, "<f4"),
+        llm_seconds=result.trace.llm_seconds,
+    )
+
+
+class AnswerJournal:
+    """Records every answer the service gives; see the module docstring.
+
+    Rows past the retention period are pruned when the journal opens (the service's start) and
+    then at most once per `prune_every`, by whichever answer comes due.
+    """
+
+    def __init__(
+        self,
+        log: AnswerLog,
+        questions: QuestionPrivacy = "text",
+        prune_every: timedelta = PRUNE_EVERY,
+    ):
+        self.log = log
+        self.questions = questions
+        self.prune_every = prune_every
+        self.failures = 0  # writes that failed, for the metrics
+        self._pruned_at: datetime | None = None
+        self._lock = threading.Lock()
+        self.prune_if_due()
+
+    def record(
+        self, result: AnswerResult, question: str, customer_id: str | None, latency_seconds: float
+    ) -> bool:
+        """Log one answer; False (a warning logged, the failure counted) when it could not be."""
+        try:
+            self.log.record(
+                logged_answer(result, question, customer_id, latency_seconds, self.questions)
+            )
+        except Exception as exc:  # whatever the cause, the customer still gets the answer
+            with self._lock:
+                self.failures += 1
+            log.warning("answer %s was not logged: %s", result.answer_id, exc)
+            return False
+        self.prune_if_due()
+        return True
+
+    def prune_if_due(self, now: datetime | None = None) -> int:
+        """Prune if `prune_every` has passed since the last prune; how many rows went."""
+        now = now or datetime.now(UTC)
+        with self._lock:
+            if self._pruned_at is not None and now - self._pruned_at < self.prune_every:
+                return 0
+            self._pruned_at = now
+        try:
+            return self.log.prune(now)
+        except SQLAlchemyError as exc:
+            log.warning("the answer log could not be pruned: %s", exc)
+            return 0
+
+    def close(self) -> None:
+        """Release the log's connection pool."""
+        self.log.close()
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    """Feedback given on an answer."""
+
+    id: int
+    created_at: datetime
+    helpful: bool
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class AnswerDetail:
+    """A logged answer with its feedback, its escalation and the credential that asked."""
+
+    answer: LoggedAnswer
+    feedback: list[FeedbackEntry]
+    escalation: Escalation | None
+    credential: ActedFor | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form; the credential by fingerprint and scope only (its
+        customer id stays hashed, as in the log)."""
+        acted = self.credential
+        return {
+            **self.answer.to_dict(),
+            "feedback": [
+                {**asdict(item), "created_at": item.created_at.isoformat()}
+                for item in self.feedback
+            ],
+            "escalation": None if self.escalation is None else self.escalation.to_dict(),
+            "credential": None
+            if acted is None
+            else {"credential": acted.credential, "scope": acted.scope},
+        }
+
+
+def answer_detail(
+    answer_id: str, log: AnswerLog, escalations: EscalationStore, audit: AnswerAudit | None
+) -> AnswerDetail | None:
+    """One logged answer joined, by its id, to its feedback, escalation and credential."""
+    found = log.find(answer_id)
+    if found is None:
+        return None
+    feedback = [
+        FeedbackEntry(
+            id=int(row["id"]),
+            created_at=as_utc(row["created_at"]),
+            helpful=bool(row["helpful"]),
+            comment=row["comment"],
+        )
+        for row in escalations.feedback(answer_id)
+    ]
+    escalation = escalations.get(found.escalation_id) if found.escalation_id else None
+    credential = audit.find(answer_id) if audit is not None else None
+    return AnswerDetail(found, feedback, escalation, credential)

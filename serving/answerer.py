@@ -8,10 +8,12 @@ an id the model must cite; what it cites is checked against what was retrieved a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,7 +23,7 @@ import httpx
 from freshkb.core.config import Settings
 from freshkb.core.errors import LLMUnavailable
 from freshkb.serving.admission import AdmissionGate, Overloaded
-from freshkb.serving.prompting import neutralise, quote_as_data, system_prompt
+from freshkb.serving.prompting import PROMPT_VERSION, neutralise, quote_as_data, system_prompt
 
 CITATION = re.compile(r"\[(S\d+)\]")
 INSUFFICIENT = "INSUFFICIENT"
@@ -48,6 +50,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     insufficient: bool
+    seconds: float = 0.0  # the call itself, without waiting for a slot: what the GPU spent
 
 
 class Answerer(Protocol):
@@ -95,22 +98,35 @@ class CircuitBreaker:
         return self._opened_at is not None
 
 
-def build_messages(question: str, passages: Sequence[Passage], note: str = "") -> list[dict]:
+def build_messages(
+    question: str,
+    passages: Sequence[Passage],
+    note: str = "",
+    prompt_version: str = PROMPT_VERSION,
+) -> list[dict]:
     """The chat messages: instructions, passages as delimited data, then the question."""
     blocks = "\n\n".join(quote_as_data(p.text, f"{p.label} {p.title}") for p in passages)
     user = f"{blocks}\n\n"
     if note:
         user += f"Note: {note}\n\n"
     user += f"Question: {neutralise(question)}"
-    return [{"role": "system", "content": system_prompt()}, {"role": "user", "content": user}]
+    system = system_prompt(prompt_version)
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 class OpenAICompatibleAnswerer:
-    """Calls POST {base_url}/chat/completions of vLLM or any compatible server."""
+    """Calls POST {base_url}/chat/completions of vLLM or any compatible server.
+
+    `outcomes` counts the calls by how they ended (ok, error, timeout, busy, circuit_open) for
+    the metrics; the prompt version is checked at start, so a missing one fails there."""
 
     def __init__(self, settings: Settings, client: httpx.Client | None = None):
         self.base_url = settings.llm_base_url.rstrip("/")
         self.model = settings.llm_model
+        self.prompt_version = settings.prompt_version
+        system_prompt(self.prompt_version)  # ConfigError now, not on the first question
+        self.outcomes: Counter[str] = Counter()
+        self._outcomes_lock = threading.Lock()
         self.max_tokens = settings.llm_max_tokens
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -129,27 +145,33 @@ class OpenAICompatibleAnswerer:
             with self.slots.admit():
                 return self._call(question, passages, note)
         except Overloaded as exc:
+            self._tally("busy")
             raise LLMUnavailable(f"LLM busy ({exc})") from exc
 
     def _call(self, question: str, passages: Sequence[Passage], note: str) -> Completion:
         """One chat completion, through the circuit breaker."""
         if not self.breaker.allow():
+            self._tally("circuit_open")
             raise LLMUnavailable(
                 f"LLM endpoint {self.base_url} failed repeatedly; circuit open, retrying later"
             )
         payload = {
             "model": self.model,
-            "messages": build_messages(question, passages, note),
+            "messages": build_messages(question, passages, note, self.prompt_version),
             "temperature": 0,
             "max_tokens": self.max_tokens,
         }
+        started = time.perf_counter()
         try:
             completion = parse_completion(self._post(payload))
         except LLMUnavailable as exc:
             self.breaker.record(False)
+            timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
+            self._tally("timeout" if timed_out else "error")
             raise LLMUnavailable(f"LLM endpoint {self.base_url} {exc}") from exc
         self.breaker.record(True)
-        return completion
+        self._tally("ok")
+        return dataclasses.replace(completion, seconds=time.perf_counter() - started)
 
     def _post(self, payload: dict[str, Any]) -> bytes:
         """The reply's body; LLMUnavailable on a timeout, an error status, a connection
@@ -173,6 +195,11 @@ class OpenAICompatibleAnswerer:
             raise LLMUnavailable(f"timed out after {self.timeout:g}s ({exc})") from exc
         except httpx.HTTPError as exc:
             raise LLMUnavailable(f"failed: {type(exc).__name__}: {exc}") from exc
+
+    def _tally(self, outcome: str) -> None:
+        """Count one call's outcome (calls end on several threads at once)."""
+        with self._outcomes_lock:
+            self.outcomes[outcome] += 1
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

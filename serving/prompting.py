@@ -12,6 +12,7 @@ from functools import cache
 from importlib.resources import files
 from string import Template
 
+from freshkb.core.errors import ConfigError
 from freshkb.screening.text import normalise
 
 PROMPT_VERSION = "answer-v1"
@@ -23,8 +24,17 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 @cache
 def system_prompt(version: str = PROMPT_VERSION) -> str:
-    """The system prompt of a version, with the data block's tag filled in."""
-    text = files("freshkb.serving").joinpath(f"data/prompts/{version}.txt").read_text("utf-8")
+    """The system prompt of a version, with the data block's tag filled in; ConfigError when
+    the package has no prompt of that version."""
+    prompts = files("freshkb.serving").joinpath("data/prompts")
+    prompt = prompts.joinpath(f"{version}.txt")
+    if "/" in version or "\\" in version or not prompt.is_file():
+        known = sorted(p.name.removesuffix(".txt") for p in prompts.iterdir() if p.is_file())
+        raise ConfigError(
+            f"serving/data/prompts/{version}.txt: no such prompt version {version!r}; set "
+            f"prompt_version (FRESHKB_PROMPT_VERSION) to one of {', '.join(known)}, or add the file"
+        )
+    text = prompt.read_text("utf-8")
     return Template(text.removesuffix("\n")).substitute(data_block_tag=DATA_BLOCK_TAG)
 
 

@@ -10,6 +10,7 @@ import httpx
 from freshkb.core.config import Settings
 from freshkb.embeddings.embedder import get_embedder
 from freshkb.screening import load_guard
+from freshkb.serving.answer_log import AnswerJournal, AnswerLog
 from freshkb.serving.answerer import OpenAICompatibleAnswerer
 from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.service import AnswerService
@@ -46,10 +47,13 @@ class Runtime:
         self.service.store.close()
         self.service.ledger.close()
         self.service.escalations.close()
+        if self.service.journal is not None:
+            self.service.journal.close()
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    """The answer service wired to the configured Weaviate, model, database and LLM."""
+    """The answer service wired to the configured Weaviate, model, database and LLM, logging
+    every answer in the operational database."""
     embedder = get_embedder(
         settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
     )
@@ -63,5 +67,9 @@ def build_runtime(settings: Settings) -> Runtime:
         answerer=answerer,
         # The detector's own bundled model, whatever model the index uses; fitted once per cache.
         guard=load_guard(cache_dir=settings.cache_dir),
+        journal=AnswerJournal(
+            AnswerLog(settings.ledger_database_url, settings.answer_log_retention_days),
+            settings.answer_log_questions,
+        ),
     )
     return Runtime(service=service, answerer=answerer)

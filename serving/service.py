@@ -13,8 +13,8 @@ Modes:
 
 from __future__ import annotations
 
+import time
 import uuid
-from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,10 +25,24 @@ from freshkb.core.timing import timed
 from freshkb.embeddings.embedder import Embedder
 from freshkb.screening import InjectionGuard
 from freshkb.screening.output import OutputVerdict, screen_answer
+from freshkb.serving.answer_log import AnswerJournal
 from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage
+from freshkb.serving.costs import answer_cost
 from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.grounding import attribute_citations, strip_citations, unsupported_or_leaking
-from freshkb.serving.results import AnswerResult, Citation, StaleSource, stale_note
+from freshkb.serving.results import (
+    FRESHNESS_UNKNOWN,
+    FRESHNESS_UNKNOWN_NOTE,
+    AnswerResult,
+    Citation,
+    SourceSelection,
+    StaleSource,
+    disclaim_unknown_freshness,
+    note_left_out,
+    quote_passages,
+    stale_note,
+)
+from freshkb.serving.signals import draft_signals, retrieval_signals
 from freshkb.store.ledger import Ledger
 from freshkb.store.protocol import IndexReader, SearchHit
 from freshkb.validation.freshness import SourceFreshness
@@ -49,27 +63,21 @@ EXTRACTIVE_LEAD = "Our assistant is unavailable right now; here is what our docu
 QUOTED_LEAD = "Here is what our documentation says:"
 KB_UNAVAILABLE = "knowledge base unavailable"
 OWN_RECORDS_NOTE = "Do not state facts about the customer's own account or orders."
-FRESHNESS_UNKNOWN = "freshness unknown"
-FRESHNESS_UNKNOWN_NOTE = (
-    "Note: we could not check how up to date our sources are right now, so parts of this "
-    "answer may be out of date."
-)
 
-__all__ = ["AnswerResult", "AnswerService", "Citation", "SourceSelection", "StaleSource"]
-
-
-@dataclass(frozen=True)
-class SourceSelection:
-    """The sources one request may search and those left out, as the ledger says; when the
-    ledger cannot be read, every source, with why their freshness is unknown."""
-
-    fresh: list[str] | None  # None: no filter, every source is searched
-    left_out: list[SourceFreshness]
-    unknown: str | None = None
+__all__ = [
+    "FRESHNESS_UNKNOWN",
+    "FRESHNESS_UNKNOWN_NOTE",
+    "AnswerResult",
+    "AnswerService",
+    "Citation",
+    "SourceSelection",
+    "StaleSource",
+]
 
 
 class AnswerService:
-    """Answers questions from the fresh part of the index; see the module docstring."""
+    """Answers questions from the fresh part of the index; see the module docstring. With a
+    journal, every answer is recorded in the answer log (serving/answer_log.py)."""
 
     def __init__(
         self,
@@ -80,6 +88,7 @@ class AnswerService:
         escalations: EscalationStore,
         answerer: Answerer,
         guard: InjectionGuard,
+        journal: AnswerJournal | None = None,
     ):
         self.settings = settings
         self.store = store  # one long-lived client: the v4 client is safe to share
@@ -88,6 +97,7 @@ class AnswerService:
         self.escalations = escalations
         self.answerer = answerer
         self.guard = guard
+        self.journal = journal
 
     # -- retrieval ----------------------------------------------------------------------
 
@@ -118,11 +128,18 @@ class AnswerService:
         return hits, selection.left_out
 
     def retrieve(
-        self, question: str, customer_id: str | None = None, k: int = 5
+        self,
+        question: str,
+        customer_id: str | None = None,
+        k: int = 5,
+        result: AnswerResult | None = None,
     ) -> tuple[list[SearchHit], SourceSelection]:
-        """Hybrid search over the fresh sources only, with the selection that chose them."""
+        """Hybrid search over the fresh sources only, with the selection that chose them; the
+        question's vector is kept in `result`'s trace for the answer log."""
         selection = self.freshness(customer_id)
         vector = self.embedder.embed([question])[0]
+        if result is not None:
+            result.trace.question_vector = vector
         hits = self.store.search(
             question, vector, k=k, customer_id=customer_id, sources=selection.fresh
         )
@@ -131,17 +148,27 @@ class AnswerService:
     # -- answering ----------------------------------------------------------------------
 
     def answer(self, question: str, customer_id: str | None = None, k: int = 5) -> AnswerResult:
-        """One answer, in one of the four modes, with citations and reasons."""
-        result = AnswerResult(answer_id=str(uuid.uuid4()), answer="", mode="normal")
+        """One answer, in one of the four modes, with citations, reasons and signals; logged
+        when the service has a journal."""
+        result = AnswerResult(
+            answer_id=str(uuid.uuid4()),
+            answer="",
+            mode="normal",
+            model=self.settings.llm_model,
+            prompt_version=self.settings.prompt_version,
+            embedding_model=self.embedder.model_id,
+        )
         seconds: dict[str, float] = {}
+        started = time.perf_counter()
         try:
-            return _disclaim_unknown_freshness(
-                self._answer(result, seconds, question, customer_id, k)
-            )
+            disclaim_unknown_freshness(self._answer(result, seconds, question, customer_id, k))
         finally:
             result.timings_ms.update(
                 {stage: round(spent * 1000, 1) for stage, spent in seconds.items()}
             )
+        if self.journal is not None:
+            self.journal.record(result, question, customer_id, time.perf_counter() - started)
+        return result
 
     def _answer(
         self,
@@ -162,13 +189,15 @@ class AnswerService:
             return result
         with timed(seconds, "retrieve"):
             try:
-                hits, selection = self.retrieve(question, customer_id, k)
+                hits, selection = self.retrieve(question, customer_id, k, result)
             except TransientError as exc:  # Weaviate down: a human answers, never a 500
                 return self._escalate(result, question, customer_id, [], f"{KB_UNAVAILABLE}: {exc}")
-        own_records_stale = _note_left_out(result, selection, customer_id)
+        own_records_stale = note_left_out(result, selection, customer_id)
         with timed(seconds, "screen"):
             usable = self._without_flagged(result, hits)
         best = max((hit.relevance or 0.0 for hit in usable), default=0.0)
+        result.best_relevance = best
+        result.signals += retrieval_signals(best, self.settings.answer_min_relevance)
         if not usable or best < self.settings.answer_min_relevance:
             return self._not_confident(result, question, customer_id, usable, bool(hits), best)
         passages = [
@@ -181,7 +210,7 @@ class AnswerService:
                 completion = self.answerer.answer(question, passages, note)
         except LLMUnavailable as exc:
             result.reasons.append(f"LLM unavailable, answered by quoting: {exc}")
-            return self._extractive(result, passages, by_label, EXTRACTIVE_LEAD)
+            return quote_passages(result, passages, by_label, EXTRACTIVE_LEAD)
         return self._serve(result, question, customer_id, completion, passages, by_label)
 
     def _without_flagged(self, result: AnswerResult, hits: list[SearchHit]) -> list[SearchHit]:
@@ -240,12 +269,17 @@ class AnswerService:
             "prompt": completion.prompt_tokens,
             "completion": completion.completion_tokens,
         }
+        result.trace.llm_seconds = completion.seconds
+        tokens = (completion.prompt_tokens, completion.completion_tokens)
+        result.cost_usd = answer_cost(*tokens, completion.seconds, self.settings)
         if completion.insufficient:
             usable = list(by_label.values())
             why = "the model found the passages insufficient"
             return self._escalate(result, question, customer_id, usable, why)
         text = self._cited_text(result, completion, passages, by_label)
         verdict = self._screen_output(result, question, text, passages)
+        texts = {p.label: p.text for p in passages}
+        result.signals += draft_signals(completion.cited, text, texts, verdict)
         threshold = self.settings.answer_min_relevance
         by_passage = {p.label: p for p in passages}
         problem = unsupported_or_leaking(text, by_passage, by_label, threshold, customer_id)
@@ -259,7 +293,7 @@ class AnswerService:
                 f"model answer rejected by output screen: {verdict.reason}; answered by quoting"
             )
         if problem or not verdict.passed:
-            return self._extractive(result, passages, by_label, QUOTED_LEAD)
+            return quote_passages(result, passages, by_label, QUOTED_LEAD)
         result.answer = text
         cited = dict.fromkeys(CITATION.findall(text))
         result.citations = [Citation.of(label, by_label[label]) for label in cited]
@@ -305,34 +339,6 @@ class AnswerService:
             )
         return text
 
-    def _extractive(
-        self,
-        result: AnswerResult,
-        passages: list[Passage],
-        by_label: dict[str, SearchHit],
-        lead: str,
-    ) -> AnswerResult:
-        """Degraded answer without the LLM's words: the best passages, quoted, with citations."""
-        best = by_label[passages[0].label].relevance or 0.0
-        # Quote the best passage, and the second only if it is nearly as relevant.
-        quoted = [
-            p
-            for p in passages[:2]
-            if (by_label[p.label].relevance or 0.0) >= best - 0.1 or p is passages[0]
-        ]
-        lines = [lead]
-        for passage in quoted:
-            excerpt = " ".join(passage.text.split())
-            if len(excerpt) > 600:
-                excerpt = excerpt[:600].rsplit(" ", 1)[0] + " ..."
-            lines.append(f'"{excerpt}" [{passage.label}]')
-        result.mode = "degraded"
-        result.answer = "\n\n".join(lines)
-        if result.stale_sources:
-            result.answer += "\n\n" + stale_note(result.stale_sources)
-        result.citations = [Citation.of(p.label, by_label[p.label]) for p in quoted]
-        return result
-
     def _escalate(
         self,
         result: AnswerResult,
@@ -362,35 +368,3 @@ class AnswerService:
         )
         result.escalation_id = escalation.id
         return result
-
-
-def _note_left_out(
-    result: AnswerResult, selection: SourceSelection, customer_id: str | None
-) -> bool:
-    """Name the sources left out; True when they include the customer's own records."""
-    if selection.unknown:
-        result.reasons.append(selection.unknown)
-    left_out = selection.left_out
-    result.stale_sources = [StaleSource.of(state) for state in left_out]
-    if left_out:
-        result.reasons.append(
-            "left out stale or failed sources: "
-            + ", ".join(f"{s.name} ({s.state.value})" for s in left_out)
-        )
-    customer_left_out = [s for s in left_out if s.kind == SourceKind.CUSTOMERS.value]
-    own_records_stale = bool(customer_id and customer_left_out)
-    if own_records_stale:
-        result.reasons.append(
-            "customer records are not fresh, so this answer avoids account-specific facts"
-        )
-    return own_records_stale
-
-
-def _disclaim_unknown_freshness(result: AnswerResult) -> AnswerResult:
-    """An answer from sources of unknown freshness is degraded and says so (not escalated or
-    refused ones: they state no facts)."""
-    unknown = any(reason.startswith(FRESHNESS_UNKNOWN) for reason in result.reasons)
-    if unknown and result.mode in ("normal", "degraded"):
-        result.mode = "degraded"
-        result.answer += "\n\n" + FRESHNESS_UNKNOWN_NOTE
-    return result

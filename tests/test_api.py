@@ -22,6 +22,7 @@ from freshkb.api.schemas import (
     EscalationRecord,
     FeedbackReceipt,
     HealthStatus,
+    LoggedAnswerRecord,
     Readiness,
     SearchResponse,
     SourceStatus,
@@ -63,6 +64,9 @@ def test_every_route_documents_its_success_response_schema() -> None:
         "/v1/search",
         "/v1/sources",
         "/v1/feedback",
+        "/v1/answers/{answer_id}",
+        "/v1/review",
+        "/v1/review/{answer_id}",
         "/v1/escalations",
         "/v1/escalations/{escalation_id}/resolve",
         "/v1/uploads",
@@ -162,6 +166,9 @@ def test_every_response_matches_its_documented_schema(answer_services: dict[str,
     stored = api.post("/v1/feedback", json=feedback, headers=auth(ANSWER_TOKEN))
     assert stored.status_code == 201
     assert_documented(spec, "post", "/v1/feedback", stored, FeedbackReceipt)
+    logged = api.get(f"/v1/answers/{answered.json()['answer_id']}", headers=auth(ADMIN_TOKEN))
+    assert logged.status_code == 200 and logged.json()["feedback"]
+    assert_documented(spec, "get", "/v1/answers/{answer_id}", logged, LoggedAnswerRecord)
 
     escalated = escalating.post("/v1/answer", json=question, headers=auth(ANSWER_TOKEN))
     assert escalated.json()["mode"] == "escalated", escalated.json()["reasons"]
@@ -188,8 +195,11 @@ def test_routes_send_what_the_service_returns(answer_services: dict[str, Runtime
     api = client_for(runtime)
     listed = api.get("/v1/sources", headers=auth(ANSWER_TOKEN)).json()
     expected = [state.to_dict() for state in runtime.service.ledger.states()]
+    clock = {"checked_at": None, "age_seconds": None, "age": None}  # read a moment apart
     for sent, state in zip(listed, expected, strict=True):
-        assert {**sent, "checked_at": None} == {**state, "checked_at": None}
+        assert {**sent, **clock} == {**state, **clock}
+        if state["age_seconds"] is not None:
+            assert abs(sent["age_seconds"] - state["age_seconds"]) < 5
     items = api.get("/v1/escalations", headers=auth(ADMIN_TOKEN)).json()
     assert items == [item.to_dict() for item in runtime.service.escalations.find(None)]
 

@@ -11,7 +11,9 @@ a defined mode (escalated, "knowledge base unavailable"). Beyond the worker's an
 requests are turned away at once with 429 (queue full) or 503 (no slot within the wait), with
 Retry-After (serving/admission.py). The operational database (ledger, escalations, audit)
 locked or down is a 503 with Retry-After where a route needs it; answers go on without the
-ledger, with every source's freshness unknown (serving/service.py).
+ledger, with every source's freshness unknown (serving/service.py). GET /metrics is open, in
+the Prometheus text format (freshkb/api/metrics.py); an admin reads one logged answer, with
+its feedback and escalation, at GET /v1/answers/{answer_id}.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.types import ASGIApp
 
+from freshkb.api.metrics import RequestMetrics, ServiceMetrics
 from freshkb.api.routers import admin, answers, health, metrics, review, uploads
 from freshkb.api.state import ApiState
 from freshkb.core.config import Settings
@@ -65,6 +68,9 @@ def create_app(
         max_bytes=settings.api_max_body_bytes,
         streamed=uploads.STREAMED_BODIES,
     )
+    # Added last, so outermost: it times every request, refused ones (413, 422) included.
+    app.state.metrics = ServiceMetrics(service)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(TransientError, _unavailable)

@@ -122,6 +122,17 @@ class AnswerResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="milliseconds spent per stage")
     tokens: dict[str, int] = Field(description="LLM tokens: prompt and completion")
     escalation_id: str | None
+    model: str = Field(description="the LLM asked (configured model name)")
+    prompt_version: str = Field(description="the system prompt's version")
+    embedding_model: str = Field(description="the model that embedded the question")
+    cost_usd: float = Field(description="estimated LLM cost of this answer, USD")
+    best_relevance: float | None = Field(
+        description="relevance of the best usable passage; null when retrieval did not run"
+    )
+    signals: list[str] = Field(
+        description="hallucination signals: no_citations, unsupported_sentence, "
+        "contradicts_sources, low_retrieval_confidence"
+    )
 
 
 class RetrievedPassage(BaseModel):
@@ -209,6 +220,65 @@ class FeedbackReceipt(BaseModel):
     """The stored feedback's id."""
 
     id: int
+
+
+# -- the answer log -----------------------------------------------------------------------------
+
+
+class LoggedCitation(BaseModel):
+    """A cited chunk as the answer log keeps it, with the flow run that ingested it."""
+
+    chunk_id: str
+    source: str
+    document: str
+    page: int | None
+    flow_run_id: str | None
+    ingested_at: str | None
+
+
+class FeedbackItem(BaseModel):
+    """Feedback given on an answer."""
+
+    id: int
+    created_at: str
+    helpful: bool
+    comment: str | None
+
+
+class CredentialUsed(BaseModel):
+    """The credential that asked, by fingerprint (never the token), and its scope."""
+
+    credential: str
+    scope: str
+
+
+class LoggedAnswerRecord(BaseModel):
+    """One logged answer, joined by its id to its feedback, escalation and credential."""
+
+    answer_id: str
+    answered_at: str
+    question: str | None = Field(description="null when only the question's hash is kept")
+    question_hash: str
+    customer_hash: str | None
+    mode: str
+    answer_chars: int
+    citations: list[LoggedCitation]
+    model: str
+    prompt_version: str
+    embedding_model: str
+    best_relevance: float | None
+    latency_ms: float
+    timings_ms: dict[str, float]
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    signals: list[str]
+    reasons: list[str]
+    escalation_id: str | None
+    llm_seconds: float
+    feedback: list[FeedbackItem]
+    escalation: EscalationRecord | None
+    credential: CredentialUsed | None
 
 
 # -- health -------------------------------------------------------------------------------------

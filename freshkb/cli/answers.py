@@ -31,9 +31,10 @@ def search(
 ) -> None:
     """Hybrid search of the index (policy chunks, plus one customer's records with --customer)."""
     from freshkb.embeddings.embedder import get_embedder
+    from freshkb.store.active_config import active_settings
     from freshkb.store.weaviate_store import open_store
 
-    settings = settings_for(config)
+    settings = active_settings(settings_for(config))
     try:
         embedder = get_embedder(
             settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
@@ -75,8 +76,9 @@ def ask(
     """Answer a question from the terminal, as POST /v1/answer does."""
     from freshkb.serving.runtime import build_runtime
     from freshkb.store import server
+    from freshkb.store.active_config import active_settings
 
-    settings = settings_for(config)
+    settings = active_settings(settings_for(config))
     try:
         server.ensure_running(settings, announce=err.print)
         runtime = build_runtime(settings)
@@ -124,8 +126,9 @@ def serve(
     from freshkb.api import create_app
     from freshkb.serving.runtime import build_runtime
     from freshkb.store import server
+    from freshkb.store.active_config import active_settings
 
-    settings = with_api_tokens(settings_for(config))
+    settings = active_settings(with_api_tokens(settings_for(config)))
     try:
         server.ensure_running(settings, announce=err.print)
         runtime = build_runtime(settings)

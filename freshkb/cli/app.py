@@ -18,10 +18,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer
 
-from freshkb.cli import answers, ingestion, uploads, versions
+from freshkb.cli import answers, ingestion, monitoring, promotion, uploads, versions
 from freshkb.cli.escalations import escalations_app
 from freshkb.cli.prefect_ops import PREFECT, deploy
 from freshkb.cli.prefect_runs import allow_slow_prefect_start
+from freshkb.cli.review import drift, review_app
 from freshkb.cli.servers import LLM, WEAVIATE, server_commands
 
 allow_slow_prefect_start()  # before any command imports Prefect
@@ -47,3 +48,9 @@ app.command("sources")(ingestion.sources)
 app.command("upload")(uploads.upload)
 app.add_typer(server_commands(PREFECT), name="prefect")
 app.command("deploy")(deploy)
+app.add_typer(monitoring.answers_app, name="answers")
+app.command("cost")(monitoring.cost)
+app.add_typer(review_app, name="review")
+app.command("drift")(drift)
+app.command("promote")(promotion.promote)
+app.command("promotions")(promotion.promotions)

@@ -56,9 +56,10 @@ class Tally:
     endpoint: str
     seconds: float = 0.0
     latencies: dict[int, list[float]] = field(default_factory=dict)  # status -> seconds
-    retry_after: list[str | None] = field(default_factory=list)  # header of every 429
+    retry_after: list[str | None] = field(default_factory=list)  # header of every 429 and 503
     errors: list[str] = field(default_factory=list)  # transport errors, by repr
     bodies: dict[int, str] = field(default_factory=dict)  # one body per unexpected status
+    waited_out: int = 0  # 503s from the admission gate: queued, but no slot in time
 
     def count(self, status: int | None = None) -> int:
         """Responses with `status`, or all responses."""
@@ -113,7 +114,12 @@ async def one_client(
         tally.latencies.setdefault(response.status_code, []).append(time.monotonic() - started)
         if response.status_code not in (200, 429):
             tally.bodies.setdefault(response.status_code, response.text[:300])
-        if response.status_code == 429:
+        if response.status_code == 503 and "no slot free within" in response.text:
+            # The gate's defined last resort: admitted to the queue, but the wait ran out
+            # (the pace estimate turns most of these into early 429s; a busy machine can
+            # still slow a slot down after admission).
+            tally.waited_out += 1
+        if response.status_code in (429, 503):
             retry_after = response.headers.get("Retry-After")
             tally.retry_after.append(retry_after)
             wait = float(retry_after) if retry_after and retry_after.isdigit() else 1.0
@@ -222,10 +228,16 @@ def test_fifty_clients_get_answers_or_immediate_429s_never_errors(
         name = tally.endpoint
         assert not tally.errors, f"{name}: {len(tally.errors)} transport errors: {tally.errors[:3]}"
         others = {s: len(t) for s, t in tally.latencies.items() if s not in (200, 429)}
-        assert not others, f"{name}: statuses other than 200/429: {others} {tally.bodies}"
+        others = {s: n - (tally.waited_out if s == 503 else 0) for s, n in others.items()}
+        others = {s: n for s, n in others.items() if n}
+        assert not others, f"{name}: statuses other than 200/429/503: {others} {tally.bodies}"
+        assert tally.waited_out <= 0.02 * tally.count(), (
+            f"{name}: {tally.waited_out} of {tally.count()} waited in the queue and timed out "
+            "instead of being refused at once"
+        )
         assert tally.count(200) >= CLIENTS, f"{name}: only {tally.count(200)} served"
         assert all(h and h.isdigit() and int(h) >= 1 for h in tally.retry_after), (
-            f"{name}: a 429 without a usable Retry-After: {set(tally.retry_after)}"
+            f"{name}: a 429 or 503 without a usable Retry-After: {set(tally.retry_after)}"
         )
         if capacity < CLIENTS:
             assert tally.count(429), f"{name}: {CLIENTS} clients over {capacity} and none shed"

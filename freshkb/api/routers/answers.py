@@ -1,4 +1,5 @@
-"""What a support front end calls: answers, retrieval, the freshness ledger, feedback."""
+"""What a support front end calls: answers, retrieval, the freshness ledger, feedback; and,
+for an admin, one logged answer with what joins it."""
 
 from __future__ import annotations
 
@@ -6,21 +7,24 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from freshkb.api.auth import AnswerScope
+from freshkb.api.auth import AdminScope, AnswerScope
+from freshkb.api.metrics import app_metrics
 from freshkb.api.schemas import (
     AnswerRequest,
     AnswerResponse,
     FeedbackReceipt,
     FeedbackRequest,
+    LoggedAnswerRecord,
     RetrievedPassage,
     SearchResponse,
     SourceStatus,
 )
 from freshkb.api.state import Service, api_state
 from freshkb.serving.admission import AsyncAdmissionGate
+from freshkb.serving.answer_log import answer_detail
 from freshkb.serving.audit import ActedFor, now
 
 router = APIRouter(prefix="/v1", tags=["answers"])
@@ -57,6 +61,7 @@ async def answer(body: AnswerRequest, credential: AnswerScope, request: Request)
             result.mode,
         )
         await run_in_threadpool(state.audit.record, entry)
+    app_metrics(request).observe_answer(result)
     return AnswerResponse.model_validate(result.to_dict())
 
 
@@ -100,3 +105,20 @@ def feedback(body: FeedbackRequest, _: AnswerScope, service: Service) -> Feedbac
     """Store whether an answer helped."""
     feedback_id = service.escalations.add_feedback(body.answer_id, body.helpful, body.comment)
     return FeedbackReceipt(id=feedback_id)
+
+
+@router.get("/answers/{answer_id}", responses={404: {"description": "no such answer logged"}})
+def logged_answer(
+    answer_id: Annotated[str, Path(min_length=1, max_length=64)],
+    _: AdminScope,
+    request: Request,
+) -> LoggedAnswerRecord:
+    """One answer from the answer log, with its feedback, escalation and credential."""
+    state = api_state(request)
+    journal = state.service.journal
+    if journal is None:
+        raise HTTPException(404, "this service keeps no answer log")
+    found = answer_detail(answer_id, journal.log, state.service.escalations, state.audit)
+    if found is None:
+        raise HTTPException(404, f"no logged answer {answer_id} (never given, or pruned)")
+    return LoggedAnswerRecord.model_validate(found.to_dict())
