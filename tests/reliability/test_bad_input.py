@@ -203,7 +203,63 @@ def all_cases() -> list[Bad]:
             status=403,
         ),
     ]
-    return answer + feedback + resolve + search + escalations + auth + upload_cases()
+    return answer + feedback + resolve + search + escalations + auth + upload_cases() + log_cases()
+
+
+def id_in_path_cases(method: str, route: str, path: str, json: Any = None) -> list[Bad]:
+    """An answer id in the path that is not text, too long, or SQL; no token; a non-admin."""
+    return [
+        Bad("id NUL", method, route, "path", json=json, path=path.format("a%00b")),
+        Bad("id invalid UTF-8", method, route, "path", json=json, path=path.format("%FF")),
+        Bad("id 10k", method, route, None, json=json, path=path.format(LONG_ID), status=None),
+        Bad("id SQL", method, route, None, json=json, path=path.format(SQL_IDS[0]), status=404),
+        Bad(
+            "no token",
+            method,
+            route,
+            None,
+            json=json,
+            path=path.format("a-1"),
+            token="",
+            status=401,
+        ),
+        Bad(
+            "answer token",
+            method,
+            route,
+            None,
+            json=json,
+            path=path.format("a-1"),
+            token=ANSWER,
+            status=403,
+        ),
+    ]
+
+
+def log_cases() -> list[Bad]:
+    """The answer log and review routes (admin only)."""
+    logged = id_in_path_cases("GET", "/v1/answers/{answer_id}", "/v1/answers/{}")
+    mark = body_cases(
+        "/v1/review/{answer_id}",
+        {"verdict": "incorrect"},
+        {
+            "verdict": ["right", "", None, 5, ["correct"]],
+            "correction": ["x" * 12_000, "a\u0000b", 5, ["c"]],
+            "note": ["x" * 3_000, "a\u0000b", 7],
+            "reviewer": ["", "a\u0000b", LONG_ID[:200], 3],
+        },
+        path="/v1/review/a-1",
+    )
+    marked = id_in_path_cases(
+        "POST", "/v1/review/{answer_id}", "/v1/review/{}", json={"verdict": "correct"}
+    )
+    marked = [bad for bad in marked if bad.kind != "id SQL"]  # unknown: 404 too, checked above
+    queue = [
+        Bad("pending not a flag", "GET", "/v1/review", "pending", params={"pending": "maybe"}),
+        Bad("no token", "GET", "/v1/review", None, token="", status=401),
+        Bad("answer token", "GET", "/v1/review", None, token=ANSWER, status=403),
+    ]
+    return logged + mark + marked + queue
 
 
 def upload_cases() -> list[Bad]:
