@@ -73,7 +73,6 @@ class EvalOptions:
     # Remember the injection guard's verdict on each retrieved passage's text, so a passage
     # retrieved for many cases is screened once: same verdicts, much less time, but the
     # screen stage's latency is then that of a service with a verdict cache.
-    memo_screening: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,11 +130,7 @@ def run_evaluation(
     slo = load_slo(options.slo or settings.slo_path)
     ours = answer_settings(options, settings)
     started = time.monotonic()
-    notes = (
-        ["passage screening verdicts memoised by text: the screen stage's latency is understated"]
-        if options.memo_screening
-        else []
-    )
+    notes: list[str] = []
     if options.live:
         outcomes = _run_live(options, ours, cases, notes, report)
     else:
@@ -173,7 +168,7 @@ def _run_live(
     llm_off = options.llm == LLM_OFF
     with (
         tempfile.TemporaryDirectory(prefix="freshkb-eval-") as work,
-        answer_path(settings, llm_off, Path(work), options.memo_screening) as runtime,
+        answer_path(settings, llm_off, Path(work)) as runtime,
     ):
         return _run_cases(runtime, cases, options.k, {}, report)
 
@@ -187,14 +182,13 @@ def _run_throwaway(
         plan = plan_index(cases, corpus, data_dir, options.weaviate_ports)
         with evaluation_index(plan, cases, settings, report) as built:
             emails = built.report("eval-emails")
-            if emails is not None:
+            if emails is not None and emails.chunks_embedded:
                 notes.append(
                     f"ingest screen flagged {emails.chunks_flagged} of "
                     f"{emails.chunks_embedded} e-mail chunks embedded in this run"
                 )
             sources = {s["name"]: s for s in plan.sources}
-            llm_off, memo = options.llm == LLM_OFF, options.memo_screening
-            with answer_path(built.settings, llm_off, None, memo) as runtime:
+            with answer_path(built.settings, options.llm == LLM_OFF, None) as runtime:
                 return _run_cases(runtime, cases, options.k, sources, report)
 
 

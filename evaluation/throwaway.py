@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, DataError
 from freshkb.core.report import RunReport
 from freshkb.evaluation.cases import CaseSet
-from freshkb.screening import InjectionGuard
 from freshkb.serving.runtime import Runtime, build_runtime
 
 EMAIL_SOURCE = "eval-emails"
@@ -156,7 +155,8 @@ def _ingest(plan: IndexPlan, progress: Progress) -> tuple[RunReport, ...]:
     reports = []
     for done, source in enumerate(plan.sources):
         progress(f"ingesting {source['name']}", done, len(plan.sources))
-        report = ingest_source(source_config=source)
+        # The index is the evaluation's own: a run with fewer cases may drop most e-mails.
+        report = ingest_source(source_config=source, allow_mass_delete=True)
         if not report.completed:
             raise DataError(
                 f"evaluation index: ingest of {source['location']} failed: {report.error}"
@@ -258,9 +258,7 @@ def default_corpus() -> Path:
 
 
 @contextmanager
-def answer_path(
-    settings: Settings, llm_off: bool, live_scratch: Path | None, memo_screening: bool
-) -> Iterator[Runtime]:
+def answer_path(settings: Settings, llm_off: bool, live_scratch: Path | None) -> Iterator[Runtime]:
     """The real answer service. On the live index (`live_scratch` given) escalations go to a
     scratch database and nothing is logged: an evaluation must not fill the live queue."""
     from freshkb.serving.escalations import EscalationStore
@@ -273,8 +271,6 @@ def answer_path(
         if runtime.service.journal is not None:
             runtime.service.journal.close()
             runtime.service.journal = None
-    if memo_screening:
-        runtime.service.guard = cast(InjectionGuard, MemoisedGuard(runtime.service.guard))
     if llm_off:  # open: no case waits on a dead endpoint
         for _ in range(settings.llm_breaker_failures):
             runtime.answerer.breaker.record(False)
@@ -282,20 +278,3 @@ def answer_path(
         yield runtime
     finally:
         runtime.close()
-
-
-class MemoisedGuard:
-    """The injection guard, remembering its verdict on each passage text it inspected."""
-
-    def __init__(self, guard: InjectionGuard):
-        self._guard = guard
-        self._verdicts: dict[str, Any] = {}
-
-    def inspect_document(self, text: str) -> Any:
-        """The guard's verdict on a passage, computed once per distinct text."""
-        if text not in self._verdicts:
-            self._verdicts[text] = self._guard.inspect_document(text)
-        return self._verdicts[text]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._guard, name)

@@ -13,6 +13,7 @@ Modes:
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 
@@ -75,6 +76,9 @@ __all__ = [
 ]
 
 
+PASSAGE_VERDICTS_KEPT = 50_000  # ~4 MB of keys and reasons
+
+
 class AnswerService:
     """Answers questions from the fresh part of the index; see the module docstring. With a
     journal, every answer is recorded in the answer log (serving/answer_log.py)."""
@@ -97,6 +101,9 @@ class AnswerService:
         self.escalations = escalations
         self.answerer = answerer
         self.guard = guard
+        # The guard's verdict per retrieved passage text (by hash): the same chunks come back
+        # for many questions, and screening one costs tens of milliseconds of model time.
+        self._passage_verdicts: dict[bytes, str | None] = {}
         self.journal = journal
 
     # -- retrieval ----------------------------------------------------------------------
@@ -219,10 +226,7 @@ class AnswerService:
         for hit in hits:
             # Flagged at ingestion; checked again here for objects written before the flag
             # existed, and because the detector may have improved since.
-            reason = hit.injection_reason or None
-            if reason is None:
-                inspected = self.guard.inspect_document(hit.text)
-                reason = "; ".join(inspected.reasons) if inspected.flagged else None
+            reason = hit.injection_reason or self._passage_verdict(hit.text)
             if reason:
                 result.reasons.append(
                     f"left out passage {hit.uuid} of {hit.source}/{hit.document_key}: it "
@@ -231,6 +235,18 @@ class AnswerService:
             else:
                 usable.append(hit)
         return usable
+
+    def _passage_verdict(self, text: str) -> str | None:
+        """Why the guard flags a passage (None: it does not), computed once per text."""
+        key = hashlib.sha256(text.encode("utf-8")).digest()
+        if key not in self._passage_verdicts:
+            inspected = self.guard.inspect_document(text)
+            if len(self._passage_verdicts) >= PASSAGE_VERDICTS_KEPT:
+                self._passage_verdicts.clear()  # bounded; the live chunks are screened again
+            self._passage_verdicts[key] = (
+                "; ".join(inspected.reasons) if inspected.flagged else None
+            )
+        return self._passage_verdicts[key]
 
     def _not_confident(
         self,

@@ -304,7 +304,7 @@ def test_contradicting_model_fails_the_hallucination_slo(
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(2400)  # ~6 min idle; the PDF ingest takes 20+ min on a loaded box
 def test_ci_gate_dev_cases_with_the_llm_off_pass_the_slo_file(
     prefect_harness: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -314,7 +314,6 @@ def test_ci_gate_dev_cases_with_the_llm_off_pass_the_slo_file(
     code, result = _eval(
         index,
         *("--cases", str(dev), "--corpus", str(shared / "corpus"), "--llm", "off"),
-        "--memo-screening",  # each passage screened once: the bounded time CI needs
     )
     failed = [c for c in result["slo"] if c["status"] != "PASS"]
     assert code == 0 and not failed, failed

@@ -18,7 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer
 
-from freshkb.cli import answers, ingestion, monitoring, promotion, uploads, versions
+from freshkb.cli import answers, evaluation, ingestion, monitoring, promotion, uploads, versions
 from freshkb.cli.escalations import escalations_app
 from freshkb.cli.prefect_ops import PREFECT, deploy
 from freshkb.cli.prefect_runs import allow_slow_prefect_start
@@ -54,3 +54,4 @@ app.add_typer(review_app, name="review")
 app.command("drift")(drift)
 app.command("promote")(promotion.promote)
 app.command("promotions")(promotion.promotions)
+app.command("eval")(evaluation.evaluate)

@@ -69,13 +69,6 @@ IndexDirOption = Annotated[
 HttpPortOption = Annotated[
     int, typer.Option("--weaviate-http-port", help="The throw-away Weaviate's HTTP port.")
 ]
-MemoFlag = Annotated[
-    bool,
-    typer.Option(
-        "--memo-screening",
-        help="Screen each retrieved passage text once (faster; screen latency understated).",
-    ),
-]
 GrpcPortOption = Annotated[
     int, typer.Option("--weaviate-grpc-port", help="The throw-away Weaviate's gRPC port.")
 ]
@@ -96,7 +89,6 @@ def evaluate(  # noqa: PLR0913
     index_dir: IndexDirOption = None,
     weaviate_http_port: HttpPortOption = 28180,
     weaviate_grpc_port: GrpcPortOption = 25151,
-    memo_screening: MemoFlag = False,
     config: ConfigOption = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -116,7 +108,6 @@ def evaluate(  # noqa: PLR0913
         slo=slo,
         index_dir=index_dir,
         weaviate_ports=(weaviate_http_port, weaviate_grpc_port),
-        memo_screening=memo_screening,
     )
     try:
         settings = settings_for(config)
