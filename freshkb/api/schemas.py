@@ -262,6 +262,7 @@ class LoggedAnswerRecord(BaseModel):
     customer_hash: str | None
     mode: str
     answer_chars: int
+    answer: str | None = Field(description="the answer as served; null when only hashes are kept")
     citations: list[LoggedCitation]
     model: str
     prompt_version: str
