@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         default="text", description="keep each question's text in the answer log, or its hash"
     )
     answer_log_retention_days: int = Field(default=90, ge=1)
+    answer_log_hash_key: SecretStr | None = Field(
+        default=None,
+        description="key of the log's question and customer digests; default: made on first "
+        "use in the data directory (set the same one on every replica)",
+    )
     llm_price_prompt_per_1k: float = Field(
         default=0.0, ge=0, description="USD per 1000 prompt tokens (hosted API price)"
     )

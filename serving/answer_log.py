@@ -13,12 +13,15 @@ escalation and the credential that asked.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -68,9 +71,30 @@ answer_log_table = sa.Table(
 )
 
 
-def digest(text: str) -> str:
-    """The SHA-256 hex digest the log keeps in place of a question or customer id."""
+def digest(text: str, key: bytes = b"") -> str:
+    """The hex digest the log keeps in place of a question or customer id: HMAC-SHA-256 under
+    the installation's key, so a short customer id cannot be recovered by hashing guesses
+    (plain SHA-256 without a key, for tests and tools that only compare digests)."""
+    if key:
+        return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+HASH_KEY_FILE = "answer-log-key"
+
+
+def hash_key(configured: str | None, data_dir: Path) -> bytes:
+    """The key of the log's digests: the configured one (the same on every replica), else one
+    made on first use in the data directory, owner-only."""
+    if configured:
+        return configured.encode("utf-8")
+    path = data_dir / HASH_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip().encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -181,6 +205,7 @@ def logged_answer(
     customer_id: str | None,
     latency_seconds: float,
     questions: QuestionPrivacy = "text",
+    key: bytes = b"",
 ) -> LoggedAnswer:
     """The log row of an answer: the question kept as text or only hashed, the customer id
     hashed, the citations with their chunks and the ingest runs that wrote them."""
@@ -189,8 +214,8 @@ def logged_answer(
         answer_id=result.answer_id,
         answered_at=datetime.now(UTC),
         question=question if questions == "text" else None,
-        question_hash=digest(question),
-        customer_hash=None if customer_id is None else digest(customer_id),
+        question_hash=digest(question, key),
+        customer_hash=None if customer_id is None else digest(customer_id, key),
         mode=result.mode,
         answer_chars=len(result.answer),
         answer=result.answer if questions == "text" else None,
@@ -234,9 +259,11 @@ class AnswerJournal:
         log: AnswerLog,
         questions: QuestionPrivacy = "text",
         prune_every: timedelta = PRUNE_EVERY,
+        key: bytes = b"",
     ):
         self.log = log
         self.questions = questions
+        self.key = key
         self.prune_every = prune_every
         self.failures = 0  # writes that failed, for the metrics
         self._pruned_at: datetime | None = None
@@ -249,7 +276,9 @@ class AnswerJournal:
         """Log one answer; False (a warning logged, the failure counted) when it could not be."""
         try:
             self.log.record(
-                logged_answer(result, question, customer_id, latency_seconds, self.questions)
+                logged_answer(
+                    result, question, customer_id, latency_seconds, self.questions, self.key
+                )
             )
         except Exception as exc:  # whatever the cause, the customer still gets the answer
             with self._lock:

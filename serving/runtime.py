@@ -10,7 +10,7 @@ import httpx
 from freshkb.core.config import Settings
 from freshkb.embeddings.embedder import get_embedder
 from freshkb.screening import load_guard
-from freshkb.serving.answer_log import AnswerJournal, AnswerLog
+from freshkb.serving.answer_log import AnswerJournal, AnswerLog, hash_key
 from freshkb.serving.answerer import OpenAICompatibleAnswerer
 from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.service import AnswerService
@@ -70,6 +70,12 @@ def build_runtime(settings: Settings) -> Runtime:
         journal=AnswerJournal(
             AnswerLog(settings.ledger_database_url, settings.answer_log_retention_days),
             settings.answer_log_questions,
+            key=hash_key(
+                settings.answer_log_hash_key.get_secret_value()
+                if settings.answer_log_hash_key
+                else None,
+                settings.data_dir,
+            ),
         ),
     )
     return Runtime(service=service, answerer=answerer)

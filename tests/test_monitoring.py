@@ -131,6 +131,9 @@ def test_the_log_keeps_the_question_as_text_or_only_its_hash_and_hashes_the_cust
     assert kept.question == "Can I return boots?" and hashed.question is None
     assert kept.question_hash == hashed.question_hash == digest("Can I return boots?")
     assert hashed.customer_hash == digest("C-7") and "C-7" not in json.dumps(hashed.to_dict())
+    keyed = logged_answer(a_result(), "Can I return boots?", "C-7", 0.25, "hash", key=b"k1")
+    other = logged_answer(a_result(), "Can I return boots?", "C-7", 0.25, "hash", key=b"k2")
+    assert keyed.customer_hash == digest("C-7", b"k1") != other.customer_hash != digest("C-7")
     assert hashed.citations[0]["flow_run_id"] == "run-7" and hashed.latency_ms == 250.0
     assert hashed.question_vector is not None and hashed.question_vector.tolist() == [
         0.25,
@@ -297,7 +300,10 @@ def test_metrics_move_and_each_logged_answer_joins_its_feedback_and_escalation(
     logged = api.get(f"/v1/answers/{answered['answer_id']}", headers=auth(ADMIN_TOKEN))
     assert logged.status_code == 200, logged.text
     row = logged.json()
-    assert row["question"] == QUESTION and row["customer_hash"] == digest("C-77")
+    journal = monitored.service.journal
+    assert journal is not None and len(journal.key) == 64  # the installation's own key
+    assert row["question"] == QUESTION and row["customer_hash"] == digest("C-77", journal.key)
+    assert row["customer_hash"] != digest("C-77")  # not recoverable by hashing guesses
     assert "C-77" not in logged.text
     assert row["citations"] and all(c["flow_run_id"] for c in row["citations"])
     assert (row["prompt_tokens"], row["completion_tokens"]) == (
@@ -427,3 +433,13 @@ def test_ledger_metrics_after_ingests_show_freshness_runs_and_validation_failure
     assert value(samples, "freshkb_source_documents", source="mon-kb", outcome="seen") == 3
     assert value(samples, "freshkb_ingest_run_duration_seconds_count", source="mon-kb") == 1
     assert value(samples, "freshkb_ingest_last_run_duration_seconds", source="mon-kb") > 0
+
+
+@pytest.mark.timeout(30)
+def test_the_digest_key_is_made_once_owner_only_unless_configured(tmp_path: Path) -> None:
+    from freshkb.serving.answer_log import HASH_KEY_FILE, hash_key
+
+    made = hash_key(None, tmp_path)
+    assert len(made) == 64 and hash_key(None, tmp_path) == made
+    assert (tmp_path / HASH_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert hash_key("shared-by-replicas", tmp_path) == b"shared-by-replicas"
