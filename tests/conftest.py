@@ -65,7 +65,7 @@ def weaviate_settings(freshkb_env: dict[str, str]) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real llama-cpp-python server with SmolLM2-135M for the whole session."""
+    """A real llama.cpp server (xllamacpp) with SmolLM2-135M for the whole session."""
     from freshkb.serving import llm_server
     from freshkb.serving.llm_server import LlmServerConfig
 

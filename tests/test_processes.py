@@ -37,7 +37,7 @@ def test_started_process_is_found_by_its_pid_file_and_stopped(
 
 
 def test_a_pid_of_someone_elses_process_is_not_ours(tmp_path: Path) -> None:
-    process = managed(tmp_path, signature=b"llama_cpp.server")
+    process = managed(tmp_path, signature=b"freshkb.serving.llm_process")
     process.pid_file.write_text(str(os.getpid()))  # alive, but this test runner
     assert process.read_pid() is None
     assert managed(tmp_path).read_pid() == os.getpid(), "without a signature the file is trusted"
