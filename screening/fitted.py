@@ -1,4 +1,5 @@
-"""Fit once: the detectors' parameters are saved under the cache directory and loaded at start.
+"""Fit once: the detectors' parameters ship in the package, else are saved under the cache
+directory, and are loaded at start.
 
 Fitting embeds every exemplar (most of a minute on a CPU). The saved file is named by the
 sha256 of what the fit depends on: the exemplar files, the detector's version and the embedding
@@ -8,12 +9,14 @@ model, so that a change to any of them fits again instead of loading stale param
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import zipfile
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -28,6 +31,11 @@ from freshkb.screening.detector import (
 from freshkb.screening.exemplars import document_exemplars, exemplars_digest, question_exemplars
 
 log = logging.getLogger(__name__)
+
+# The parameters fitted on the bundled detector model, shipped so that no start-up fits (a
+# fresh cache directory, a new container): regenerate with `python -m freshkb.screening.fitted`
+# whenever an exemplar, the detector or the model changes (a test fails until then).
+SHIPPED_FILE = "data/fitted/injection-detectors.npz"
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,12 +63,17 @@ def fitted_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / "screening" / f"injection-detector-{key[:16]}.npz"
 
 
-def load_or_fit(embedder: Embedder, cache_dir: Path | None) -> FittedDetectors:
-    """Parameters of both detectors: loaded when saved under the same key, else fitted and saved.
+def load_or_fit(
+    embedder: Embedder, cache_dir: Path | None, use_shipped: bool = False
+) -> FittedDetectors:
+    """Parameters of both detectors: the shipped ones (with `use_shipped`) or those saved under
+    the same key, else fitted and saved.
 
-    Without a cache directory they are fitted every time.
+    Without a cache directory and shipped parameters they are fitted every time.
     """
     key = fit_key(embedder.model_id)
+    if use_shipped and (shipped := load_shipped(key)) is not None:
+        return shipped
     path = fitted_path(cache_dir, key) if cache_dir is not None else None
     if path is not None and (saved := load_fitted(path, key)) is not None:
         return saved
@@ -74,17 +87,29 @@ def load_or_fit(embedder: Embedder, cache_dir: Path | None) -> FittedDetectors:
     return fitted
 
 
-def load_fitted(path: Path, key: str) -> FittedDetectors | None:
+def load_shipped(key: str) -> FittedDetectors | None:
+    """The parameters shipped in the package, or None when fitted under another key."""
+    try:
+        raw = files("freshkb.screening").joinpath(SHIPPED_FILE).read_bytes()
+    except OSError:
+        return None
+    return load_fitted(io.BytesIO(raw), key)
+
+
+def load_fitted(path: Path | BinaryIO, key: str) -> FittedDetectors | None:
     """The parameters saved at path, or None when missing, unreadable or under another key."""
     try:
         with np.load(path, allow_pickle=False) as saved:
             if str(saved["key"]) != key:
                 return None
+            # float64 whatever was saved: the shipped file keeps the float32 model outputs as
+            # float32, which converts back exactly.
             found = {
                 name: DetectorParameters(
-                    attacks=saved[f"{name}_attacks"],
-                    benign=saved[f"{name}_benign"],
-                    weights=saved[f"{name}_weights"],
+                    **{
+                        part: np.asarray(saved[f"{name}_{part}"], dtype=np.float64)
+                        for part in ("attacks", "benign", "weights")
+                    }
                 )
                 for name in ("questions", "documents")
             }
@@ -114,3 +139,34 @@ def save_fitted(path: Path, key: str, fitted: FittedDetectors) -> None:
         # A read-only or full cache costs a fit at every start, not the service.
         log.warning("could not save the fitted detectors to %s (%s)", path, exc)
         partial.unlink(missing_ok=True)
+
+
+def ship_fitted(path: Path, key: str, fitted: FittedDetectors) -> None:
+    """Write parameters as the package's shipped file: exemplar rows as float32 (what the model
+    gave, so exact), compressed, to keep the package small."""
+    arrays: dict[str, Any] = {"key": np.asarray(key)}
+    for name, parameters in fitted.by_name().items():
+        arrays[f"{name}_attacks"] = parameters.attacks.astype(np.float32)
+        arrays[f"{name}_benign"] = parameters.benign.astype(np.float32)
+        arrays[f"{name}_weights"] = parameters.weights
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as file:
+        np.savez_compressed(file, **arrays)
+
+
+def main() -> None:
+    """Fit both detectors on the bundled model and write them into the package data."""
+    from freshkb.embeddings.embedder import get_embedder
+
+    embedder = get_embedder("all-MiniLM-L6-v2", "cpu")
+    fitted = FittedDetectors(
+        questions=fit_parameters(embedder, question_exemplars()),
+        documents=fit_parameters(embedder, document_exemplars()),
+    )
+    target = Path(__file__).resolve().parent / SHIPPED_FILE
+    ship_fitted(target, fit_key(embedder.model_id), fitted)
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,16 +12,17 @@ Two threats, two checks:
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from freshkb.embeddings.embedder import Embedder, get_embedder
+from freshkb.embeddings.embedder import Embedder, select_embedder
 from freshkb.screening.detector import ExemplarDetector
-from freshkb.screening.fitted import load_or_fit
-from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules
+from freshkb.screening.fitted import fit_key, load_or_fit
+from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules, rules_digest
 from freshkb.screening.text import decoded_payloads, normalise, split_passages, word_count
 from freshkb.screening.verdicts import DocumentVerdict, QuestionVerdict, SuspiciousPassage
 
@@ -55,13 +56,34 @@ MIN_DOCUMENT_DETECTOR_WORDS = 5
 Scores = tuple[float, float]
 
 
+def document_key(fitted_key: str) -> str:
+    """sha256 of what a document verdict depends on: the fitted detector, the rules, the
+    thresholds and word limits; the key of cached verdicts (screening/verdict_cache.py)."""
+    parts = (
+        fitted_key,
+        rules_digest(),
+        DOCUMENT_THRESHOLD,
+        CORROBORATING_THRESHOLD,
+        CORROBORATING_MARGIN,
+        MIN_DOCUMENT_DETECTOR_WORDS,
+    )
+    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()
+
+
 class InjectionGuard:
     """Screens customer questions and retrieved texts for prompt injection."""
 
-    def __init__(self, questions: ExemplarDetector, documents: ExemplarDetector, rules: RuleBook):
+    def __init__(
+        self,
+        questions: ExemplarDetector,
+        documents: ExemplarDetector,
+        rules: RuleBook,
+        fitted_key: str = "unfitted",
+    ):
         self.questions = questions
         self.documents = documents
         self.rules = rules
+        self.document_key = document_key(fitted_key)
 
     def screen_questions(self, questions: Sequence[str]) -> list[QuestionVerdict]:
         """One verdict per question, embedding them in one batch."""
@@ -184,18 +206,29 @@ def _document_passages(text: str) -> list[str]:
     return [*split_passages(readable), *decoded_payloads(readable)]
 
 
-def detector_embedder() -> Embedder:
-    """The bundled model on the CPU, which the exemplars were judged with (loaded once)."""
-    return get_embedder(DETECTOR_MODEL, "cpu")
+def detector_embedder(cache_dir: Path | None = None) -> Embedder:
+    """The bundled model on the CPU, which the exemplars were judged with (loaded once).
+
+    With a cache directory it runs on ONNX Runtime (exported there once): the same vectors
+    (cosine >= 0.9999), so the same fitted parameters and verdicts, in less time.
+    """
+    return select_embedder(DETECTOR_MODEL, "cpu", 64, "auto", cache_dir)
 
 
-def build_guard(embedder: Embedder, cache_dir: Path | None) -> InjectionGuard:
-    """A new guard whose detectors are loaded from cache_dir, or fitted and saved there."""
-    fitted = load_or_fit(embedder, cache_dir)
+def build_guard(
+    embedder: Embedder, cache_dir: Path | None, use_shipped: bool = False
+) -> InjectionGuard:
+    """A new guard whose detectors are loaded from cache_dir, or fitted and saved there.
+
+    With `use_shipped` (only for the bundled detector model's own vectors) the parameters
+    shipped in the package are used when they were fitted on the same exemplars and model.
+    """
+    fitted = load_or_fit(embedder, cache_dir, use_shipped)
     return InjectionGuard(
         ExemplarDetector(embedder, fitted.questions),
         ExemplarDetector(embedder, fitted.documents),
         load_rules(),
+        fit_key(embedder.model_id),
     )
 
 
@@ -205,15 +238,22 @@ _built: dict[tuple[int, Path | None], tuple[Embedder, InjectionGuard]] = {}
 _building = threading.Lock()
 
 
-def load_guard(embedder: Embedder | None = None, cache_dir: Path | None = None) -> InjectionGuard:
+def load_guard(
+    embedder: Embedder | None = None,
+    cache_dir: Path | None = None,
+    use_shipped: bool | None = None,
+) -> InjectionGuard:
     """The guard for an embedder (default: the bundled detector model) and cache directory.
 
-    Built once per process for each pair (concurrent callers wait for the first); the detectors
-    are fitted only when the cache holds no parameters fitted on the same exemplars and model.
+    Built once per process for each pair (concurrent callers wait for the first); the default
+    embedder, or any with `use_shipped`, uses the parameters shipped in the package when they
+    were fitted on the same exemplars and model, and the detectors are fitted only when
+    neither they nor the cache hold such parameters.
     """
-    embedder = embedder or detector_embedder()
+    use_shipped = embedder is None if use_shipped is None else use_shipped
+    embedder = embedder or detector_embedder(cache_dir)
     key = (id(embedder), cache_dir)
     with _building:
         if key not in _built:
-            _built[key] = (embedder, build_guard(embedder, cache_dir))
+            _built[key] = (embedder, build_guard(embedder, cache_dir, use_shipped))
         return _built[key][1]

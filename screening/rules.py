@@ -8,6 +8,7 @@ change that a reviewer can read.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,12 @@ def match_rules(text: str, rules: Sequence[InjectionRule]) -> tuple[RuleMatch, .
         if rule.name not in matches and (found := rule.find(text)):
             matches[rule.name] = found
     return tuple(matches.values())
+
+
+@cache
+def rules_digest() -> str:
+    """sha256 of the rule table file: changes whenever a rule does."""
+    return hashlib.sha256(files("freshkb.screening").joinpath(RULES_FILE).read_bytes()).hexdigest()
 
 
 @cache
