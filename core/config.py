@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     llm_queue_seconds: float = Field(
         default=5.0, ge=0, description="wait for an LLM slot; beyond: a quoted answer"
     )
+    # query path under load (issue 13): serving/answerer.py answer_deadline
+    answer_budget_seconds: float = Field(
+        default=8.0,
+        gt=0,
+        description="an answer's time from arrival; the LLM is skipped (quoted answer) or cut "
+        "off where it would run past it: keep it under slo.yaml's p95",
+    )
 
     prompt_version: str = Field(
         default="answer-v1", description="system prompt: serving/data/prompts/<version>.txt"
@@ -138,6 +145,21 @@ class Settings(BaseSettings):
     embedding_device: str = "auto"
     embedding_batch_size: int = Field(default=64, ge=1)
     chunk_max_chars: int = Field(default=0, ge=0, description="0: derive from the model window")
+    # embedding speed (issue 13): embeddings/embedder.py select_embedder
+    embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        default="auto",
+        description="auto: ONNX Runtime on a CPU (exported once into the cache dir), torch on "
+        "a GPU; onnx-int8 is faster, with vectors of another model id (the index is rebuilt)",
+    )
+    # ingest streaming (issue 13): flows/ingest.py writes a source in batches of documents, and
+    # the documents loader partitions PDFs and DOCX files in a pool of processes
+    ingest_batch_documents: int = Field(
+        default=32, ge=1, description="documents chunked, screened, embedded and written at once"
+    )
+    # 1 until a pool is measured to win here (see bench/rss_bench.py and issue 13's report)
+    partition_processes: int = Field(
+        default=1, ge=1, description="processes partitioning PDF and DOCX files; 1: in-process"
+    )
 
     @field_validator("api_tokens")
     @classmethod

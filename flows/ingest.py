@@ -1,14 +1,17 @@
 """Prefect flows: ingest one source, or all of them.
 
-ingest: load -> plan -> gate (mass-deletion breaker, Great Expectations) -> chunk -> screen ->
-embed -> upsert -> delete -> verify. Nothing is written unless the gate passes, and only a run
-that passes the gate and the post-write count check moves the source's last successful sync in
-the freshness ledger. The flow only orchestrates: the stages are tasks in flows/tasks.py.
+ingest: load -> plan -> gate (mass-deletion breaker, Great Expectations) -> per batch of
+documents: chunk -> screen -> embed -> upsert; then delete -> verify. Nothing is written unless
+the gate passes for the whole plan, and only a run that passes the gate and the post-write count
+check moves the source's last successful sync in the freshness ledger. Each batch's chunks and
+vectors are released before the next batch starts, so memory follows the batch size
+(`ingest_batch_documents`), not the size of the source. The flow only orchestrates: the stages
+are tasks in flows/tasks.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from prefect.runtime import flow_run
 
 from freshkb.core.config import Settings
 from freshkb.core.errors import DataError, FreshkbError
-from freshkb.core.records import EmbeddedChunk, LoadResult, SyncPlan
+from freshkb.core.records import LoadResult, SyncPlan
 from freshkb.core.report import ObjectFailure, RunReport
 from freshkb.core.sources import AnySource, get_source, load_sources, parse_source
 from freshkb.core.timing import timed
@@ -27,6 +30,7 @@ from freshkb.embeddings.chunking import ChunkingPolicy
 from freshkb.embeddings.embed import EmbedStats
 from freshkb.flows.tasks import (
     ModelInfo,
+    WriteBatch,
     chunk_task,
     delete_task,
     embed_task,
@@ -39,6 +43,7 @@ from freshkb.flows.tasks import (
     upsert_task,
     validate_task,
     verify_task,
+    write_batches,
 )
 from freshkb.store.active_config import active_settings
 from freshkb.store.ledger import Ledger, ledger_unavailable
@@ -144,16 +149,16 @@ def run_stages(run: IngestRun, report: RunReport) -> None:
     with timed(timings, "load"):
         stored = index_state_task(run.settings, run.source, model, run.flow_run_id, run.target)
         complete = {doc_id: doc.content_hash for doc_id, doc in stored.items() if doc.complete}
-        loaded = load_task(run.source, complete)
+        loaded = load_task(run.source, complete, run.settings.partition_processes)
     report.count_load(loaded)
     with timed(timings, "plan"):
         plan = plan_task(run.source, loaded, stored)
     report.count_plan(plan)
     with timed(timings, "validate"):
         _gate(run, plan, loaded, report)
-    embedded = _write(run, model, plan, report)
+    rewritten = _write(run, model, plan, report)
     with timed(timings, "verify"):
-        expected = expected_objects(plan, embedded)
+        expected = expected_objects(plan, rewritten)
         report.objects_live = verify_task(run.settings, run.source, expected, run.target)
 
 
@@ -178,34 +183,78 @@ def _gate(run: IngestRun, plan: SyncPlan, loaded: LoadResult, report: RunReport)
         )
 
 
-def _write(
-    run: IngestRun, model: ModelInfo, plan: SyncPlan, report: RunReport
-) -> list[EmbeddedChunk]:
-    """Chunk, screen and embed what is new or changed, write it, delete what left the source."""
-    timings = report.stage_seconds
+@dataclass
+class BatchOutcome:
+    """What writing one batch did: counts, refused objects, and its seconds per stage."""
+
+    chunk_counts: dict[str, int] = field(default_factory=dict)  # document id -> chunks written
+    embedded: int = 0
+    flagged: int = 0
+    computed: int = 0
+    cached: int = 0
+    written: int = 0
+    trimmed: int = 0
+    failed: list[ObjectFailure] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _write(run: IngestRun, model: ModelInfo, plan: SyncPlan, report: RunReport) -> dict[str, int]:
+    """Write what is new or changed batch by batch, then delete what left the source; returns
+    the chunks written per document (for the post-write check)."""
     policy = ChunkingPolicy.for_window(model.max_tokens, run.settings.chunk_max_chars)
-    with timed(timings, "chunk"):
-        chunks = chunk_task(plan.to_write, policy) if plan.to_write else []
-    with timed(timings, "screen"):
-        chunks = screen_task(run.settings, chunks) if chunks else []
-    report.chunks_flagged = sum(1 for chunk in chunks if chunk.injection_reason)
-    with timed(timings, "embed"):
-        embedded, stats = embed_task(run.settings, chunks) if chunks else ([], EmbedStats(0, 0))
-    report.chunks_embedded = len(embedded)
-    report.embeddings_computed, report.embeddings_cached = stats.computed, stats.cached
-    with timed(timings, "write"):
-        if embedded or plan.changed:
-            result, trimmed = upsert_task(
-                run.settings, run.source, embedded, plan, run.flow_run_id, model, run.target
-            )
-            report.objects_written = result.written
-            report.objects_deleted += trimmed
-            report.objects_failed = [ObjectFailure(u, m) for u, m in result.failed]
-    with timed(timings, "delete"):
+    rewritten: dict[str, int] = {}
+    for batch in write_batches(plan, run.settings.ingest_batch_documents):
+        outcome = _write_batch(run, model, policy, batch)
+        _count_batch(report, outcome)
+        rewritten.update(outcome.chunk_counts)
+    with timed(report.stage_seconds, "delete"):
         report.objects_deleted += delete_task(run.settings, run.source, plan.deleted, run.target)
     if report.objects_failed:
         raise DataError(f"{len(report.objects_failed)} objects failed to write")
-    return embedded
+    return rewritten
+
+
+def _write_batch(
+    run: IngestRun, model: ModelInfo, policy: ChunkingPolicy, batch: WriteBatch
+) -> BatchOutcome:
+    """Chunk, screen, embed and upsert one batch; its chunks and vectors die with the call.
+
+    Plain data in and out, its own stage seconds included: written so a task runner could run
+    batches at once (issue 14) and the report would still add their stages up.
+    """
+    outcome = BatchOutcome()
+    timings = outcome.stage_seconds
+    with timed(timings, "chunk"):
+        chunks = chunk_task(batch.documents, policy)
+    with timed(timings, "screen"):
+        chunks = screen_task(run.settings, chunks) if chunks else []
+    outcome.flagged = sum(1 for chunk in chunks if chunk.injection_reason)
+    with timed(timings, "embed"):
+        embedded, stats = embed_task(run.settings, chunks) if chunks else ([], EmbedStats(0, 0))
+    outcome.computed, outcome.cached = stats.computed, stats.cached
+    outcome.embedded = len(embedded)
+    outcome.chunk_counts = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}
+    with timed(timings, "write"):
+        if embedded or batch.previous:
+            result, outcome.trimmed = upsert_task(
+                run.settings, run.source, embedded, batch, run.flow_run_id, model, run.target
+            )
+            outcome.written = result.written
+            outcome.failed = [ObjectFailure(u, m) for u, m in result.failed]
+    return outcome
+
+
+def _count_batch(report: RunReport, outcome: BatchOutcome) -> None:
+    """Add one batch's counts and stage seconds to the run report."""
+    report.chunks_embedded += outcome.embedded
+    report.chunks_flagged += outcome.flagged
+    report.embeddings_computed += outcome.computed
+    report.embeddings_cached += outcome.cached
+    report.objects_written += outcome.written
+    report.objects_deleted += outcome.trimmed
+    report.objects_failed.extend(outcome.failed)
+    for stage, seconds in outcome.stage_seconds.items():
+        report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + seconds
 
 
 def open_ledger(settings: Settings) -> Ledger:

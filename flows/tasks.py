@@ -7,7 +7,7 @@ retrying.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,9 +32,10 @@ from freshkb.core.sources import AnySource, SourceConfig
 from freshkb.embeddings.cache import VectorCache
 from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
 from freshkb.embeddings.embed import EmbedStats, embed_chunks
-from freshkb.embeddings.embedder import Embedder, get_embedder
+from freshkb.embeddings.embedder import Embedder, select_embedder
 from freshkb.loaders import loader_for
 from freshkb.screening import load_guard
+from freshkb.screening.verdict_cache import VerdictCache, screen_documents, verdict_cache_path
 from freshkb.store.sync import plan_sync
 from freshkb.store.weaviate_store import WeaviateStore, WriteResult, open_store
 from freshkb.validation.gate import ValidationOutcome, validate_load
@@ -64,9 +65,13 @@ class ModelInfo:
 
 
 def embedder_for(settings: Settings) -> Embedder:
-    """The configured embedding model (loaded once per process)."""
-    return get_embedder(
-        settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+    """The configured embedding model on the configured backend (loaded once per process)."""
+    return select_embedder(
+        settings.embedding_model,
+        settings.embedding_device,
+        settings.embedding_batch_size,
+        settings.embedding_backend,
+        settings.cache_dir,
     )
 
 
@@ -103,12 +108,15 @@ def index_state_task(
 
 
 @task(name="load", **TASK_OPTIONS)
-def load_task(source: AnySource, indexed: dict[str, str] | None = None) -> LoadResult:
+def load_task(
+    source: AnySource, indexed: dict[str, str] | None = None, processes: int = 1
+) -> LoadResult:
     """Pull every document or record of a source; bad items become failures.
 
-    Files whose bytes hash as in `indexed` come back unparsed (see DocumentFolderLoader).
+    Files whose bytes hash as in `indexed` come back unparsed (see DocumentFolderLoader); PDF
+    and DOCX files are partitioned by `processes` worker processes.
     """
-    loader = loader_for(source, indexed)
+    loader = loader_for(source, indexed, processes)
     loader.precheck()
     with stage_progress(f"load {source.name}") as advance:
         return loader.load(lambda done, total, item: advance(done, total))
@@ -149,7 +157,11 @@ def screen_task(settings: Settings, chunks: list[Chunk]) -> list[Chunk]:
     answer path never puts them in front of the LLM.
     """
     guard = load_guard(cache_dir=settings.cache_dir)  # its own bundled model, any index model
-    verdicts = guard.inspect_documents([chunk.text for chunk in chunks])
+    cache = VerdictCache(verdict_cache_path(settings.cache_dir))
+    try:
+        verdicts = screen_documents(guard, [chunk.text for chunk in chunks], cache)
+    finally:
+        cache.close()
     return [
         replace(chunk, injection_reason="; ".join(verdict.reasons)[:2000])
         if verdict.flagged
@@ -169,17 +181,37 @@ def embed_task(settings: Settings, chunks: list[Chunk]) -> tuple[list[EmbeddedCh
         cache.close()
 
 
+@dataclass(frozen=True)
+class WriteBatch:
+    """Documents written together (chunk, screen, embed, upsert), and what the index held of
+    the changed ones; small, plain data, so a distributed task runner can ship it."""
+
+    number: int  # from 1, in plan order
+    documents: tuple[LoadedDocument, ...]
+    previous: Mapping[str, StoredDocument]  # the changed documents of this batch only
+
+
+def write_batches(plan: SyncPlan, size: int) -> Iterator[WriteBatch]:
+    """The plan's new and changed documents in batches of `size`, in plan order."""
+    documents = plan.to_write
+    for number, start in enumerate(range(0, len(documents), size), 1):
+        part = documents[start : start + size]
+        held = plan.previous
+        previous = {d.document_id: held[d.document_id] for d in part if d.document_id in held}
+        yield WriteBatch(number, part, previous)
+
+
 @task(name="upsert", **TASK_OPTIONS)
 def upsert_task(
     settings: Settings,
     source: SourceConfig,
     embedded: list[EmbeddedChunk],
-    plan: SyncPlan,
+    batch: WriteBatch,
     flow_run_id: str,
     model: ModelInfo,
     target: str | None,
 ) -> tuple[WriteResult, int]:
-    """Write chunks, then drop the tail chunks of documents that got shorter."""
+    """Write one batch's chunks, then drop the tail chunks of its documents that got shorter."""
     with index(settings, source.kind, target) as store:
         if target is None:
             store.ensure_schema(source.kind, model.model_id, model.dimension, flow_run_id)
@@ -193,8 +225,8 @@ def upsert_task(
             )
         new_counts = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}
         trimmed = 0
-        for document in plan.changed:
-            previous = plan.previous.get(document.document_id)
+        for document in batch.documents:
+            previous = batch.previous.get(document.document_id)
             now = new_counts.get(document.document_id, 0)
             # After an interrupted write the stored chunks mix two versions, and the count read
             # back may be the shorter one's: trim those whatever it says.
@@ -230,10 +262,10 @@ def verify_task(settings: Settings, source: SourceConfig, expected: int, target:
     return found
 
 
-def expected_objects(plan: SyncPlan, embedded: list[EmbeddedChunk]) -> int:
-    """Objects the source must have after the run: new chunk counts of rewritten documents,
-    stored counts of unchanged ones and of those kept after a failed load."""
-    rewritten = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}
+def expected_objects(plan: SyncPlan, rewritten: Mapping[str, int]) -> int:
+    """Objects the source must have after the run: new chunk counts of rewritten documents
+    (document id -> chunks written), stored counts of unchanged ones and of those kept after a
+    failed load."""
     unchanged = sum(plan.stored[doc.document_id].chunk_count for doc in plan.unchanged)
     kept = sum(doc.chunk_count for doc in plan.kept_after_failure)
     return sum(rewritten.values()) + unchanged + kept

@@ -24,11 +24,14 @@ __all__ = [
 ]
 
 
-def loader_for(source: AnySource, indexed: Mapping[str, str] | None = None) -> Loader:
+def loader_for(
+    source: AnySource, indexed: Mapping[str, str] | None = None, processes: int = 1
+) -> Loader:
     """The loader for a source's kind; `indexed` (document id -> content hash of documents the
-    index holds completely) lets the documents loader skip re-parsing unchanged files."""
+    index holds completely) lets the documents loader skip re-parsing unchanged files, and
+    `processes` partition its PDF and DOCX files."""
     if isinstance(source, DocumentSourceConfig):
-        return DocumentFolderLoader(source, indexed)
+        return DocumentFolderLoader(source, indexed, processes)
     if isinstance(source, CustomerSqlSourceConfig):
         return CustomerSqlLoader(source)
     if isinstance(source, CustomerFilesSourceConfig):

@@ -2,7 +2,9 @@
 
 Each file is checked before it is parsed (empty, wrong magic bytes, truncated, binary, not
 UTF-8), then partitioned with `unstructured`. A file that fails becomes one LoadFailure with a
-reason that names the fix; the rest of the folder loads.
+reason that names the fix; the rest of the folder loads. PDF and DOCX files that need parsing go
+to a pool of `processes` workers (pdfminer is pure Python: one core per file) while the ingest
+process parses the text files.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from freshkb.core import ids
 from freshkb.core.errors import DataError, UnsupportedFileType
 from freshkb.core.records import LoadedDocument, LoadResult, Section, SourceKind
 from freshkb.core.sources import DocumentSourceConfig
-from freshkb.loaders.base import ProgressCallback, check_folder, load_each_file, modified_time
+from freshkb.loaders.base import (
+    PooledFiles,
+    ProgressCallback,
+    check_folder,
+    load_each_file,
+    modified_time,
+)
 from freshkb.loaders.nlp_model import install_offline_spacy_model
 
 TEXT_FORMATS = {
@@ -36,8 +44,14 @@ ARTICLE_KEYS = ("id", "title", "content")
 class DocumentFolderLoader:
     """Loads every supported file of a folder (recursively) as one document each."""
 
-    def __init__(self, source: DocumentSourceConfig, indexed: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        source: DocumentSourceConfig,
+        indexed: Mapping[str, str] | None = None,
+        processes: int = 1,
+    ):
         self.source = source
+        self.processes = processes
         # document id -> content hash of the documents the index holds completely. A file whose
         # bytes still hash the same is not partitioned again: the sync plan will leave it as
         # it is, so its text would only be thrown away (PDFs are most of an unchanged run).
@@ -50,11 +64,27 @@ class DocumentFolderLoader:
     def load(self, progress: ProgressCallback | None = None) -> LoadResult:
         """Partition every included file; failures are collected, never raised."""
         install_offline_spacy_model()
-        return load_each_file(
-            self.source,
-            lambda path, relative: LoadResult(tuple(self._load_file(path, relative))),
-            progress,
+        pooled = PooledFiles(
+            wants=self._needs_partition,
+            # a loader without `indexed` goes to the workers: each job ships it
+            load_file=DocumentFolderLoader(self.source).load_one,
+            processes=self.processes,
         )
+        return load_each_file(self.source, self.load_one, progress, pooled)
+
+    def load_one(self, path: Path, relative: str) -> LoadResult:
+        """One file's documents (raises DataError or UnsupportedFileType for a bad one)."""
+        return LoadResult(tuple(self._load_file(path, relative)))
+
+    def _needs_partition(self, path: Path, relative: str) -> bool:
+        """A PDF or DOCX file that is not indexed as it is now (worth a worker process)."""
+        if path.suffix.lower() not in BINARY_FORMATS:
+            return False
+        indexed = self.indexed.get(ids.document_id(self.source.name, relative))
+        try:
+            return indexed is None or indexed != ids.content_hash(path.read_bytes())
+        except OSError:
+            return False  # reported by the ingest process's own read, with the fix
 
     def _load_file(self, path: Path, relative: str) -> list[LoadedDocument]:
         suffix = path.suffix.lower()

@@ -1,0 +1,81 @@
+"""How an ingest splits its writes into batches (the flow's streaming half, issue 13)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from freshkb.core import ids
+from freshkb.core.config import Settings
+from freshkb.core.records import LoadedDocument, Section, SourceKind, StoredDocument
+from freshkb.flows.tasks import expected_objects, write_batches
+from freshkb.store.sync import plan_sync
+
+
+def _doc(key: str, text: str) -> LoadedDocument:
+    return LoadedDocument(
+        source="kb",
+        kind=SourceKind.DOCUMENTS,
+        document_id=ids.document_id("kb", key),
+        key=key,
+        title=key,
+        content_hash=ids.content_hash(text),
+        modified_at=datetime(2026, 1, 1, tzinfo=UTC),
+        sections=(Section(text),),
+    )
+
+
+def _stored(document: LoadedDocument, chunks: int, content_hash: str = "old") -> StoredDocument:
+    return StoredDocument(document.document_id, content_hash, chunks, True, key=document.key)
+
+
+@pytest.mark.timeout(10)
+def test_write_batches_cover_new_and_changed_documents_in_order_with_their_previous_state():
+    new = [_doc(f"new-{n}.md", f"new {n}") for n in range(3)]
+    changed = [_doc(f"changed-{n}.md", f"changed {n}") for n in range(2)]
+    same = _doc("same.md", "same")
+    gone = _stored(_doc("gone.md", "gone"), 4)
+    stored = {d.document_id: _stored(d, 2) for d in changed}
+    stored |= {same.document_id: _stored(same, 3, same.content_hash)}
+    stored |= {gone.document_id: gone}
+    plan = plan_sync("kb", [*new, *changed, same], [], stored)
+
+    batches = list(write_batches(plan, 2))
+
+    assert [b.number for b in batches] == [1, 2, 3]
+    assert [[d.key for d in b.documents] for b in batches] == [
+        ["new-0.md", "new-1.md"],
+        ["new-2.md", "changed-0.md"],
+        ["changed-1.md"],
+    ]
+    # Only a changed document carries what the index held (its tail may need trimming).
+    assert [sorted(b.previous) for b in batches] == [
+        [],
+        [changed[0].document_id],
+        [changed[1].document_id],
+    ]
+    assert batches[1].previous[changed[0].document_id].chunk_count == 2
+    assert [b.documents for b in write_batches(plan, 100)] == [plan.to_write]
+    # rewritten documents count with their new chunks, the unchanged one with its stored 3
+    # chunks, the deleted one not at all
+    rewritten = {d.document_id: 1 for d in plan.to_write}
+    assert expected_objects(plan, rewritten) == 5 + 3
+
+
+@pytest.mark.timeout(10)
+def test_nothing_to_write_makes_no_batch():
+    same = _doc("same.md", "same")
+    stored = {same.document_id: _stored(same, 3, same.content_hash)}
+    assert list(write_batches(plan_sync("kb", [same], [], stored), 8)) == []
+
+
+@pytest.mark.timeout(10)
+def test_batch_size_and_partition_processes_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FRESHKB_INGEST_BATCH_DOCUMENTS", "7")
+    monkeypatch.setenv("FRESHKB_PARTITION_PROCESSES", "3")
+    settings = Settings()
+    assert (settings.ingest_batch_documents, settings.partition_processes) == (7, 3)
+    monkeypatch.setenv("FRESHKB_INGEST_BATCH_DOCUMENTS", "0")
+    with pytest.raises(ValueError, match="ingest_batch_documents"):
+        Settings()
