@@ -74,16 +74,17 @@ class AdmissionGate:
         return max(1, round(self.wait_seconds))
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Run the block in a slot; Overloaded (429 queue full, 503 waited too long) if not."""
+    def admit(self, wait_seconds: float | None = None) -> Iterator[None]:
+        """Run the block in a slot; Overloaded (429 queue full, 503 waited too long) if not.
+        `wait_seconds` shortens the wait for this caller (a deadline of its own)."""
         if not self._slots.acquire(blocking=False):
-            self._wait_for_slot()
+            self._wait_for_slot(self.wait_seconds if wait_seconds is None else wait_seconds)
         try:
             yield
         finally:
             self._slots.release()
 
-    def _wait_for_slot(self) -> None:
+    def _wait_for_slot(self, wait_seconds: float) -> None:
         with self._lock:
             if self._queued >= self.waiting:
                 self.turned_away += 1
@@ -91,7 +92,7 @@ class AdmissionGate:
             self._queued += 1
         started = time.monotonic()
         try:
-            admitted = self._slots.acquire(timeout=self.wait_seconds)
+            admitted = self._slots.acquire(timeout=max(0.0, wait_seconds))
         finally:
             with self._lock:
                 self._queued -= 1

@@ -14,7 +14,9 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +31,21 @@ CITATION = re.compile(r"\[(S\d+)\]")
 INSUFFICIENT = "INSUFFICIENT"
 # An answer is at most a few thousand tokens; a reply beyond this is not one.
 MAX_REPLY_BYTES = 1 << 20
+# When the answer being computed must be done (time.monotonic()); None: no budget.
+_deadline: ContextVar[float | None] = ContextVar("answer_deadline", default=None)
+# Shortest call worth starting before the model's pace is known.
+MIN_CALL_SECONDS = 1.0
+
+
+@contextmanager
+def answer_deadline(deadline: float | None) -> Iterator[None]:
+    """LLM calls made in this block wait and run only until `deadline` (time.monotonic()):
+    an answer admitted under load is quoted rather than served past its budget."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 @dataclass(frozen=True)
@@ -137,19 +154,38 @@ class OpenAICompatibleAnswerer:
         self.slots = AdmissionGate(
             "LLM", settings.llm_concurrency, waiting=1_000, wait_seconds=settings.llm_queue_seconds
         )
+        self.call_seconds: float | None = None  # moving average of good calls
 
     def answer(self, question: str, passages: Sequence[Passage], note: str = "") -> Completion:
         """The model's answer with the labels it cited; LLMUnavailable on any failure, or when
-        no call slot frees up within `llm_queue_seconds`."""
+        no call slot frees up within `llm_queue_seconds` or in time for the answer's deadline
+        (`answer_deadline`)."""
+        deadline = _deadline.get()
+        wait = self.slots.wait_seconds
+        if deadline is not None:
+            # Wait for a slot only while a call of the usual length still fits the budget.
+            wait = min(wait, deadline - time.monotonic() - self._usual_call_seconds())
+            if wait < 0:
+                self._tally("budget")
+                raise LLMUnavailable(
+                    "no time left in the answer's budget for an LLM call "
+                    f"(one takes about {self._usual_call_seconds():.1f}s now)"
+                )
         try:
-            with self.slots.admit():
-                return self._call(question, passages, note)
+            with self.slots.admit(wait):
+                return self._call(question, passages, note, deadline)
         except Overloaded as exc:
             self._tally("busy")
             raise LLMUnavailable(f"LLM busy ({exc})") from exc
 
-    def _call(self, question: str, passages: Sequence[Passage], note: str) -> Completion:
-        """One chat completion, through the circuit breaker."""
+    def _usual_call_seconds(self) -> float:
+        """How long a call has lately taken (a moving average), at least MIN_CALL_SECONDS."""
+        return max(MIN_CALL_SECONDS, self.call_seconds or 0.0)
+
+    def _call(
+        self, question: str, passages: Sequence[Passage], note: str, deadline: float | None
+    ) -> Completion:
+        """One chat completion, through the circuit breaker, cut off at `deadline`."""
         if not self.breaker.allow():
             self._tally("circuit_open")
             raise LLMUnavailable(
@@ -162,6 +198,9 @@ class OpenAICompatibleAnswerer:
             "max_tokens": self.max_tokens,
         }
         started = time.perf_counter()
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if left is not None and left < self.timeout:
+            return self._call_within_budget(payload, left, started)
         try:
             completion = parse_completion(self._post(payload))
         except LLMUnavailable as exc:
@@ -169,18 +208,44 @@ class OpenAICompatibleAnswerer:
             timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
             self._tally("timeout" if timed_out else "error")
             raise LLMUnavailable(f"LLM endpoint {self.base_url} {exc}") from exc
+        return self._succeeded(completion, started)
+
+    def _call_within_budget(
+        self, payload: dict[str, Any], timeout: float, started: float
+    ) -> Completion:
+        """A call cut short by the answer's budget: running out of it is not the endpoint's
+        failure, so the breaker does not count it."""
+        try:
+            completion = parse_completion(self._post(payload, timeout))
+        except LLMUnavailable as exc:
+            if isinstance(exc.__cause__, httpx.TimeoutException):
+                self._tally("budget")
+                raise LLMUnavailable(f"LLM endpoint {self.base_url} {exc} (answer budget)") from exc
+            self.breaker.record(False)
+            self._tally("error")
+            raise LLMUnavailable(f"LLM endpoint {self.base_url} {exc}") from exc
+        return self._succeeded(completion, started)
+
+    def _succeeded(self, completion: Completion, started: float) -> Completion:
+        """Count a good reply and learn the pace of calls."""
+        seconds = time.perf_counter() - started
         self.breaker.record(True)
         self._tally("ok")
-        return dataclasses.replace(completion, seconds=time.perf_counter() - started)
+        with self._outcomes_lock:
+            previous = self.call_seconds
+            self.call_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+        return dataclasses.replace(completion, seconds=seconds)
 
-    def _post(self, payload: dict[str, Any]) -> bytes:
+    def _post(self, payload: dict[str, Any], timeout: float | None = None) -> bytes:
         """The reply's body; LLMUnavailable on a timeout, an error status, a connection
         failure or a reply too large to be an answer."""
         # httpx's timeout bounds each read, not the whole reply: a server trickling bytes
         # would hold the request forever, so the whole exchange has its own deadline.
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
-            with self.client.stream("POST", f"{self.base_url}/chat/completions", json=payload) as r:
+            url = f"{self.base_url}/chat/completions"
+            with self.client.stream("POST", url, json=payload, timeout=timeout) as r:
                 if not r.is_success:
                     raise LLMUnavailable(f"answered HTTP {r.status_code} {r.reason_phrase}")
                 body = bytearray()
@@ -192,7 +257,7 @@ class OpenAICompatibleAnswerer:
                         raise httpx.ReadTimeout("reply still arriving at the deadline")
                 return bytes(body)
         except httpx.TimeoutException as exc:
-            raise LLMUnavailable(f"timed out after {self.timeout:g}s ({exc})") from exc
+            raise LLMUnavailable(f"timed out after {timeout:g}s ({exc})") from exc
         except httpx.HTTPError as exc:
             raise LLMUnavailable(f"failed: {type(exc).__name__}: {exc}") from exc
 

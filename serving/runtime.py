@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from freshkb.core.config import Settings
-from freshkb.embeddings.embedder import get_embedder
+from freshkb.embeddings.embedder import BUNDLED_MODEL_ID, Embedder, select_embedder
 from freshkb.screening import load_guard
+from freshkb.screening.guard import detector_embedder
 from freshkb.serving.answer_log import AnswerJournal, AnswerLog, hash_key
 from freshkb.serving.answerer import OpenAICompatibleAnswerer
 from freshkb.serving.escalations import EscalationStore
+from freshkb.serving.query_batching import BatchedEmbedder
 from freshkb.serving.service import AnswerService
 from freshkb.store.ledger import Ledger
 from freshkb.store.weaviate_store import WeaviateStore, connect
@@ -24,6 +27,7 @@ class Runtime:
 
     service: AnswerService
     answerer: OpenAICompatibleAnswerer
+    batchers: list[BatchedEmbedder] = field(default_factory=list)
 
     def ready(self) -> dict[str, Any]:
         """Readiness of each dependency; ready when Weaviate and the ledger answer."""
@@ -44,6 +48,8 @@ class Runtime:
     def close(self) -> None:
         """Release connections."""
         self.answerer.close()
+        for batcher in self.batchers:
+            batcher.close()
         self.service.store.close()
         self.service.ledger.close()
         self.service.escalations.close()
@@ -51,12 +57,26 @@ class Runtime:
             self.service.journal.close()
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings, step: Callable[[str], None] | None = None) -> Runtime:
     """The answer service wired to the configured Weaviate, model, database and LLM, logging
-    every answer in the operational database."""
-    embedder = get_embedder(
-        settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+    every answer in the operational database; `step` hears each part as it is built."""
+    step = step or (lambda name: None)
+    step("loading the embedding model")
+    embedder = BatchedEmbedder(
+        select_embedder(
+            settings.embedding_model,
+            settings.embedding_device,
+            settings.embedding_batch_size,
+            settings.embedding_backend,
+            settings.cache_dir,
+        )
     )
+    detector = _detector_batcher(embedder, settings)
+    step("loading the injection screen")
+    # The detector's own bundled model, whatever model the index uses; fitted once per cache.
+    # The detector is always the bundled model, so the shipped parameters apply.
+    guard = load_guard(detector, cache_dir=settings.cache_dir, use_shipped=True)
+    step("connecting to Weaviate and the databases")
     answerer = OpenAICompatibleAnswerer(settings)
     service = AnswerService(
         settings=settings,
@@ -65,8 +85,7 @@ def build_runtime(settings: Settings) -> Runtime:
         ledger=Ledger(settings.ledger_database_url),
         escalations=EscalationStore(settings.ledger_database_url),
         answerer=answerer,
-        # The detector's own bundled model, whatever model the index uses; fitted once per cache.
-        guard=load_guard(cache_dir=settings.cache_dir),
+        guard=guard,
         journal=AnswerJournal(
             AnswerLog(settings.ledger_database_url, settings.answer_log_retention_days),
             settings.answer_log_questions,
@@ -78,4 +97,15 @@ def build_runtime(settings: Settings) -> Runtime:
             ),
         ),
     )
-    return Runtime(service=service, answerer=answerer)
+    batchers = [embedder] if detector is embedder else [embedder, detector]
+    return Runtime(service=service, answerer=answerer, batchers=batchers)
+
+
+def _detector_batcher(embedder: BatchedEmbedder, settings: Settings) -> BatchedEmbedder:
+    """The screen's embedder: the index's own when that is the bundled model on the CPU (one
+    model loaded, and a question embedded for the screen is not embedded again to search),
+    else its own."""
+    inner: Embedder = embedder.inner
+    if inner.model_id == BUNDLED_MODEL_ID and getattr(inner, "device", "cpu") == "cpu":
+        return embedder
+    return BatchedEmbedder(detector_embedder(settings.cache_dir))

@@ -27,7 +27,7 @@ from freshkb.embeddings.embedder import Embedder
 from freshkb.screening import InjectionGuard
 from freshkb.screening.output import OutputVerdict, screen_answer
 from freshkb.serving.answer_log import AnswerJournal
-from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage
+from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage, answer_deadline
 from freshkb.serving.costs import answer_cost
 from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.grounding import attribute_citations, strip_citations, unsupported_or_leaking
@@ -154,9 +154,16 @@ class AnswerService:
 
     # -- answering ----------------------------------------------------------------------
 
-    def answer(self, question: str, customer_id: str | None = None, k: int = 5) -> AnswerResult:
+    def answer(
+        self,
+        question: str,
+        customer_id: str | None = None,
+        k: int = 5,
+        deadline: float | None = None,
+    ) -> AnswerResult:
         """One answer, in one of the four modes, with citations, reasons and signals; logged
-        when the service has a journal."""
+        when the service has a journal. With a `deadline` (time.monotonic()), the LLM is not
+        waited for past it: the passages are quoted instead."""
         result = AnswerResult(
             answer_id=str(uuid.uuid4()),
             answer="",
@@ -168,7 +175,8 @@ class AnswerService:
         seconds: dict[str, float] = {}
         started = time.perf_counter()
         try:
-            disclaim_unknown_freshness(self._answer(result, seconds, question, customer_id, k))
+            with answer_deadline(deadline):
+                disclaim_unknown_freshness(self._answer(result, seconds, question, customer_id, k))
         finally:
             result.timings_ms.update(
                 {stage: round(spent * 1000, 1) for stage, spent in seconds.items()}

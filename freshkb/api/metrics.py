@@ -5,7 +5,8 @@ Three kinds, by where they come from:
   make a series per answer), and per answer stage; answers by mode and with citations;
   hallucination signals by name; LLM tokens and estimated cost;
 - read from the service at scrape time: LLM calls by outcome (ok, error, timeout, busy,
-  circuit_open), the breaker's state, answer-log writes that failed;
+  circuit_open, budget: skipped or cut off by the answer's time budget), the breaker's state,
+  answer-log writes that failed;
 - read from the freshness ledger at scrape time, where Prefect flow runs record what they did:
   per source the freshness lag, SLA and state, the last validation verdict, ingest runs by
   status, their durations, and the documents of the last successful run.
@@ -45,7 +46,7 @@ from freshkb.store.ledger import Ledger, runs_table
 from freshkb.validation.freshness import FreshnessState
 
 MODES = ("normal", "degraded", "escalated", "refused")
-LLM_OUTCOMES = ("ok", "error", "timeout", "busy", "circuit_open")
+LLM_OUTCOMES = ("ok", "error", "timeout", "busy", "circuit_open", "budget")
 # From a cached search (milliseconds) to a slow LLM call (the default timeout is 20 s).
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 UNMATCHED = "unmatched"  # requests no route took: one series, whatever the path

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -14,7 +16,9 @@ from freshkb.core.config import Settings
 from freshkb.core.errors import FreshkbError
 
 if TYPE_CHECKING:
+    from freshkb.api.starting import Startup
     from freshkb.serving.results import AnswerResult
+    from freshkb.serving.runtime import Runtime
     from freshkb.store.protocol import SearchHit
 
 MODE_COLOUR = {"normal": "green", "degraded": "yellow", "escalated": "magenta", "refused": "red"}
@@ -30,14 +34,18 @@ def search(
     json_out: JsonFlag = False,
 ) -> None:
     """Hybrid search of the index (policy chunks, plus one customer's records with --customer)."""
-    from freshkb.embeddings.embedder import get_embedder
+    from freshkb.embeddings.embedder import select_embedder
     from freshkb.store.active_config import active_settings
     from freshkb.store.weaviate_store import open_store
 
     settings = active_settings(settings_for(config))
     try:
-        embedder = get_embedder(
-            settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+        embedder = select_embedder(
+            settings.embedding_model,
+            settings.embedding_device,
+            settings.embedding_batch_size,
+            settings.embedding_backend,
+            settings.cache_dir,
         )
         with open_store(settings) as store:
             hits = store.search(text, embedder.embed([text])[0], k=k, customer_id=customer)
@@ -120,32 +128,62 @@ def serve(
     port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8088,
     config: ConfigOption = None,
 ) -> None:
-    """Start the answer service's HTTP API (OpenAPI docs at /docs)."""
+    """Start the answer service's HTTP API (OpenAPI docs at /docs).
+
+    The port answers at once (/healthz); the service loads meanwhile, and /readyz says 200
+    only once it can answer."""
     import uvicorn
 
+    from freshkb.api.starting import StartingApp, Startup
+
+    settings = settings_for(config)
+    runtimes: list[Runtime] = []
+    startup = Startup(build=lambda startup: _build_app(settings, startup, runtimes))
+    server = uvicorn.Server(
+        uvicorn.Config(StartingApp(startup), host=host, port=port, log_level="warning")
+    )
+    # A failed start ends the process, as it did when the service was built before binding.
+    startup.on_failure = lambda exc: setattr(server, "should_exit", True)
+    threading.Thread(target=_build_once_bound, args=(server, startup), daemon=True).start()
+    err.print(
+        f"answer service on http://{host}:{port} (docs at /docs), loading; "
+        f"LLM {settings.llm_base_url}"
+    )
+    try:
+        server.run()
+    finally:
+        for runtime in runtimes:
+            runtime.close()
+    if startup.error is not None:
+        error = startup.error
+        raise fail(error) if isinstance(error, FreshkbError) else error
+
+
+def _build_once_bound(server: Any, startup: Startup) -> None:
+    """Begin the build once the port answers: its imports would otherwise hold the interpreter
+    while uvicorn starts, and /healthz would wait for them."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.01)
+    startup.begin()
+
+
+def _build_app(settings: Settings, startup: Startup, runtimes: list[Runtime]) -> Any:
+    """The real app: Weaviate running, the answer service built over it (on a thread)."""
     from freshkb.api import create_app
     from freshkb.serving.runtime import build_runtime
     from freshkb.store import server
     from freshkb.store.active_config import active_settings
 
-    settings = active_settings(with_api_tokens(settings_for(config)))
-    try:
-        server.ensure_running(settings, announce=err.print)
-        runtime = build_runtime(settings)
-    except FreshkbError as exc:
-        raise fail(exc) from exc
-    err.print(
-        f"answer service on http://{host}:{port} (docs at /docs); LLM {settings.llm_base_url}"
-    )
-    try:
-        uvicorn.run(
-            create_app(settings, runtime.service, runtime.ready),
-            host=host,
-            port=port,
-            log_level="warning",
-        )
-    finally:
-        runtime.close()
+    startup.step("reading the configuration")
+    settings = active_settings(with_api_tokens(settings))
+    startup.step("starting Weaviate")
+    server.ensure_running(settings, announce=err.print)
+    runtime = build_runtime(settings, step=startup.step)
+    runtimes.append(runtime)
+    startup.step("building the API")
+    app = create_app(settings, runtime.service, runtime.ready)
+    err.print(f"ready {time.monotonic() - startup.started:.1f}s after start", highlight=False)
+    return app
 
 
 def with_api_tokens(settings: Settings) -> Settings:

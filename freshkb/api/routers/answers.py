@@ -3,6 +3,7 @@ for an admin, one logged answer with what joins it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -48,8 +49,10 @@ async def answer(body: AnswerRequest, credential: AnswerScope, request: Request)
     A customer token answers for its own customer; `customer_id` may be left out."""
     state = api_state(request)
     customer_id = credential.acting_for(body.customer_id)
+    # The budget runs from arrival: time spent queueing for a slot leaves less for the LLM.
+    deadline = time.monotonic() + state.service.settings.answer_budget_seconds
     result = await _admitted(
-        state.answer_gate, state.service.answer, body.question, customer_id, body.k
+        state.answer_gate, state.service.answer, body.question, customer_id, body.k, deadline
     )
     if state.audit is not None:
         entry = ActedFor(
