@@ -139,6 +139,25 @@ def test_figures_from_the_question_and_list_numbers_are_not_invented() -> None:
     assert screen(answer, RETURNS, question).passed
 
 
+def test_a_numbered_list_written_on_one_line_is_not_a_figure() -> None:
+    answer = "To return them: 1. Pack the boots. 2. Bring them within 60 days of purchase [S1]."
+    assert screen(answer, RETURNS).passed
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Not a list (no 1 first, or out of order): the number is still a figure to check.
+        "You have until 2. Then the window closes [S1].",
+        "Steps: 1. Pack the boots. 3. Bring them back [S1].",
+    ],
+)
+def test_numbers_that_only_look_like_list_markers_are_still_checked(answer: str) -> None:
+    verdict = screen(answer, RETURNS)
+    assert not verdict.passed
+    assert {f.kind for f in verdict.findings} == {"figure"}
+
+
 @pytest.mark.parametrize(
     ("answer", "concept"),
     [
