@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from freshkb.core.errors import ConfigError
-from freshkb.screening.text import normalise
+from freshkb.screening.text import normalise, without_list_markers
 
 OUTPUT_RULES_FILE = "data/output.yaml"
 Action = Literal["quote", "escalate"]
@@ -39,11 +39,6 @@ CHECKS = {
 _CITATION = re.compile(
     r"\[S\d+(?:\s*,\s*S\d+)*\]|\(S\d+\)|\b(?:source|passage)\s+S?\d+\b", re.IGNORECASE
 )
-_LIST_MARKER = re.compile(r"(?m)^\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
-# A numbered list written on one line ("Steps: 1. Call us. 2. Send the form."): a number after
-# the start or a sentence's end, followed by a capital; counted as a list only when its numbers
-# run 1, 2, 3..., so "a refund within 2. Then..." is still read as a figure.
-_INLINE_MARKER = re.compile(r"(?:^|(?<=[:.;!?]))\s+(\d{1,2})[.)]\s+(?=[A-Z])")
 _URL = re.compile(r"\bhttps?://\S+|\bwww\.\S+")
 _FRAGMENT = re.compile(r"\$\{([A-Z_]+)\}")
 _CAPITAL_WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019]*")
@@ -239,7 +234,7 @@ class OutputScreen:
 
     def _figures(self, text: str, cited: str, question: str) -> Iterable[OutputFinding]:
         reader = self.rules.figures
-        text = _inline_list_blanked(_LIST_MARKER.sub(" ", _URL.sub(" ", text)))
+        text = without_list_markers(_URL.sub(" ", text))
         supported = reader.read(cited) + reader.read(normalise(question))
         for figure in reader.read(text):
             if not any(figure.matches(known) for known in supported):
@@ -325,15 +320,6 @@ def _mask(kind: str, value: str) -> str:
     if kind == "street address":
         return ""
     return "\u2026" + re.sub(r"[\s()./-]", "", value)[-2:]
-
-
-def _inline_list_blanked(text: str) -> str:
-    """Text without the markers of a one-line numbered list (numbers 1, 2, 3... in order)."""
-    markers = list(_INLINE_MARKER.finditer(" " + text))
-    numbers = [int(m.group(1)) for m in markers]
-    if len(numbers) < 2 or numbers != list(range(1, len(numbers) + 1)):
-        return text
-    return _blank(text, [(m.start(1) - 1, m.end(1)) for m in markers])
 
 
 def _blank(text: str, spans: Sequence[tuple[int, int]]) -> str:

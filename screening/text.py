@@ -19,6 +19,11 @@ _BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 _WORD = re.compile(r"[^\W\d_]{2,}")
 # Addresses are identifiers, not words: "email: anya.lee3013@example.com" is a record field.
 _ADDRESS = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+|\bhttps?://\S+|\bwww\.\S+")
+_LIST_MARKER = re.compile(r"(?m)^\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
+# A numbered list written on one line ("Steps: 1. Call us. 2. Send the form."): a number after
+# the start or a sentence's end, followed by a capital; counted as a list only when its numbers
+# run 1, 2, 3..., so "a refund within 2. Then..." is still read as a figure.
+_INLINE_MARKER = re.compile(r"(?:^|(?<=[:.;!?]))\s+(\d{1,2})[.)]\s+(?=[A-Z])")
 
 
 def normalise(text: str) -> str:
@@ -61,3 +66,16 @@ def split_passages(text: str) -> list[str]:
 def word_count(text: str) -> int:
     """Words of text that carry meaning for the detector (addresses, numbers and markup aside)."""
     return len(_WORD.findall(_ADDRESS.sub(" ", text)))
+
+
+def without_list_markers(text: str) -> str:
+    """Text with list markers (bullets, "1." at a line's start, a one-line numbered list whose
+    numbers run 1, 2, 3...) blanked, so their digits are not read as figures."""
+    text = _LIST_MARKER.sub(" ", text)
+    markers = list(_INLINE_MARKER.finditer(" " + text))
+    if [int(m.group(1)) for m in markers] != list(range(1, len(markers) + 1)) or len(markers) < 2:
+        return text
+    for marker in markers:  # blanked in place: the offsets of the rest stay valid
+        start, end = marker.start(1) - 1, marker.end(1)
+        text = text[:start] + " " * (end - start) + text[end:]
+    return text
