@@ -10,7 +10,6 @@ saves time: a corrupt, locked or read-only file costs a re-screen, never the ing
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import sqlite3
@@ -19,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from freshkb.core.ids import content_hash
 from freshkb.screening.guard import InjectionGuard
 from freshkb.screening.rules import RuleMatch
 from freshkb.screening.verdicts import DocumentVerdict, SuspiciousPassage
@@ -38,11 +38,6 @@ _LOOKUP_BATCH = 500
 # Seconds to wait for another process's write: a screen without the cache is cheaper than a
 # long wait, and a lock held longer than this means something is wrong with that process.
 _BUSY_SECONDS = 2.0
-
-
-def text_hash(text: str) -> str:
-    """sha256 of a text, the cache's key for it."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def verdict_to_json(verdict: DocumentVerdict) -> str:
@@ -139,7 +134,7 @@ def screen_documents(
     guard: InjectionGuard, texts: Sequence[str], cache: VerdictCache | None
 ) -> list[DocumentVerdict]:
     """One verdict per text: cached ones reused, the rest inspected in one batch and saved."""
-    hashes = [text_hash(text) for text in texts]
+    hashes = [content_hash(text) for text in texts]
     known = cache.get_many(hashes, guard.document_key) if cache else {}
     todo = {h: text for h, text in zip(hashes, texts, strict=True) if h not in known}
     fresh = dict(zip(todo, guard.inspect_documents(list(todo.values())), strict=True))

@@ -4,8 +4,9 @@ freshkb settings pointing at a throw-away data directory."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,19 @@ def corpus_copy(tmp_path: Path) -> Path:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class CountingEmbedder:
+    """Wraps a real embedder and counts the texts sent to it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dimension = inner.dimension
+        self.max_tokens = inner.max_tokens
+        self.embedded = 0
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """The inner embedder's vectors, counted."""
+        self.embedded += len(texts)
+        return list(self.inner.embed(texts))

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 import torch
+from conftest import CountingEmbedder
 
 from freshkb.core import ids
 from freshkb.core.errors import ConfigError
@@ -138,31 +139,16 @@ def test_other_errors_are_not_mistaken_for_out_of_memory():
         encode_with_backoff(encode, ["a"], batch_size=8)
 
 
-class CountingEmbedder:
-    """Wraps the real embedder and counts texts sent to the model."""
-
-    def __init__(self) -> None:
-        self.inner = get_embedder("all-MiniLM-L6-v2", "cpu", 16)
-        self.model_id = self.inner.model_id
-        self.dimension = self.inner.dimension
-        self.max_tokens = self.inner.max_tokens
-        self.texts_embedded = 0
-
-    def embed(self, texts):
-        self.texts_embedded += len(texts)
-        return self.inner.embed(texts)
-
-
 def test_unchanged_chunks_are_never_embedded_twice(tmp_path):
     sections = [Section(paragraph(n), page=1) for n in range(10)]
     chunks = chunk_document(make_document(sections), ChunkingPolicy.for_window(128))
     cache = VectorCache(tmp_path / "cache.sqlite3")
-    embedder = CountingEmbedder()
+    embedder = CountingEmbedder(get_embedder("all-MiniLM-L6-v2", "cpu", 16))
     first, stats = embed_chunks(chunks, embedder, cache)
-    assert stats.computed == len(chunks) == embedder.texts_embedded
+    assert stats.computed == len(chunks) == embedder.embedded
     second, stats = embed_chunks(chunks, embedder, VectorCache(tmp_path / "cache.sqlite3"))
     assert stats.computed == 0 and stats.cached == len(chunks)
-    assert embedder.texts_embedded == len(chunks)
+    assert embedder.embedded == len(chunks)
     # float32 in the model and in the cache: the cached vector is bit-identical
     assert [e.vector for e in first] == [e.vector for e in second]
 

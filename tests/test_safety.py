@@ -12,12 +12,12 @@ import dataclasses
 import importlib.util
 import re
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import CountingEmbedder
 from fixtures_files import shared_dir
 
 from freshkb.core.config import Settings
@@ -261,30 +261,15 @@ def test_ordinary_corpus_text_and_questions_are_not_flagged():
     assert corpus["false_positive_rate"]["combined"] <= 0.01, corpus["flagged"]
 
 
-class CountingEmbedder:
-    """The detector's model, counting the texts it is asked to embed."""
-
-    def __init__(self) -> None:
-        self.inner = detector_embedder()
-        self.model_id = self.inner.model_id
-        self.dimension = self.inner.dimension
-        self.max_tokens = self.inner.max_tokens
-        self.embedded = 0
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        self.embedded += len(texts)
-        return self.inner.embed(texts)
-
-
 def test_detectors_are_fitted_once_then_loaded_with_identical_scores(
     guard: InjectionGuard, tmp_path: Path
 ):
-    fitting = CountingEmbedder()
+    fitting = CountingEmbedder(detector_embedder())
     first = build_guard(fitting, tmp_path)
     assert fitting.embedded > 600  # every exemplar of both detectors
     assert fitted_path(tmp_path, fit_key(fitting.model_id)).is_file()
 
-    loading = CountingEmbedder()
+    loading = CountingEmbedder(detector_embedder())
     second = build_guard(loading, tmp_path)
     assert loading.embedded == 0
 

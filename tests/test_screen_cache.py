@@ -7,12 +7,12 @@ The attack texts here are new wording, in neither the exemplars nor the dev spli
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CountingEmbedder
 
 from freshkb.core import ids
 from freshkb.core.config import Settings
@@ -25,7 +25,6 @@ from freshkb.screening.guard import detector_embedder
 from freshkb.screening.verdict_cache import (
     VerdictCache,
     screen_documents,
-    text_hash,
     verdict_cache_path,
 )
 
@@ -37,21 +36,6 @@ TEXTS = [
 ]
 
 
-class CountingEmbedder:
-    """The detector's model on ONNX Runtime, counting the texts it is asked to embed."""
-
-    def __init__(self, cache_dir: Path) -> None:
-        self.inner = select_embedder("all-MiniLM-L6-v2", "cpu", 64, "auto", cache_dir)
-        self.model_id = self.inner.model_id
-        self.dimension = self.inner.dimension
-        self.max_tokens = self.inner.max_tokens
-        self.embedded = 0
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        self.embedded += len(texts)
-        return self.inner.embed(texts)
-
-
 @pytest.fixture(scope="module")
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One export per test session, shared with test_embed_backend."""
@@ -60,7 +44,8 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def counting(onnx_cache: Path) -> CountingEmbedder:
-    return CountingEmbedder(onnx_cache)
+    # The detector's model on ONNX Runtime.
+    return CountingEmbedder(select_embedder("all-MiniLM-L6-v2", "cpu", 64, "auto", onnx_cache))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +101,7 @@ def test_cached_verdicts_equal_fresh_ones_and_skip_the_detector(
     # Another detector (new exemplars, rules or thresholds) does not reuse these verdicts.
     other = InjectionGuard(guard.questions, guard.documents, guard.rules, "another fit")
     assert other.document_key != guard.document_key
-    assert cache.get_many([text_hash(t) for t in TEXTS], other.document_key) == {}
+    assert cache.get_many([ids.content_hash(t) for t in TEXTS], other.document_key) == {}
 
 
 @pytest.mark.timeout(120)
