@@ -149,6 +149,20 @@ def bench_environment(work: Path, http_port: int, grpc_port: int) -> dict[str, s
     return dict(os.environ)
 
 
+def cold_cache(work: Path) -> Path:
+    """A cache directory with nothing cached but what setup makes once per machine: the
+    Weaviate binary and the ONNX export of the model (kept, as links to the user's cache)."""
+    from freshkb.core.config import Settings
+
+    cache = work / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    real = Settings().cache_dir
+    for kept in ("weaviate", "onnx"):
+        if (real / kept).exists() and not (cache / kept).exists():
+            (cache / kept).symlink_to(real / kept)
+    return cache
+
+
 @contextmanager
 def managed_weaviate(work: Path, http_port: int, grpc_port: int) -> Iterator[float]:
     """A freshkb-managed Weaviate with its data in `work`; yields its start-up seconds."""

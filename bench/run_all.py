@@ -80,6 +80,20 @@ def peer_ingest_rows(data: dict[str, Any]) -> list[Row]:
         rows.append(
             _info(f"peak tree RSS MB ({corpus})", f["peak_tree_rss_mb"], p["peak_tree_rss_mb"])
         )
+        stages = f["stage_seconds"]
+        if stages.get("embed"):
+            share = stages.get("screen", 0.0) / stages["embed"]
+            rows.append(
+                row(
+                    f"screen s vs embed s, first ingest ({corpus})",
+                    stages.get("screen", 0.0),
+                    stages["embed"],
+                    round(share, 4),
+                    "<= 10%",
+                    share <= 0.10,
+                    "freshkb's own stages, cold caches",
+                )
+            )
     return rows
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -42,10 +43,25 @@ class Embedder(Protocol):
         ...
 
 
+# Device files a GPU driver creates: NVIDIA, AMD ROCm (HIP builds of torch report "cuda") and
+# WSL's GPU paravirtualisation. Where none exists, torch could only answer "cpu".
+GPU_DEVICE_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_possible() -> bool:
+    """False when the machine shows no GPU driver, so "auto" is the CPU without importing torch
+    (2-4 s of a service's start); True where torch must be asked (macOS has MPS)."""
+    if "torch" in sys.modules or sys.platform == "darwin":
+        return True
+    return any(Path(path).exists() for path in GPU_DEVICE_FILES)
+
+
 def resolve_device(requested: str = "auto") -> str:
     """'auto' means CUDA when present, else Apple MPS, else CPU; anything else is used as is."""
     if requested != "auto":
         return requested
+    if not gpu_possible():
+        return "cpu"
     import torch
 
     if torch.cuda.is_available():

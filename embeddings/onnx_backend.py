@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,6 +147,49 @@ def ensure_export(cache_dir: Path, model_id: str, load_from: str, variant: Varia
     return path
 
 
+Tokenize = Callable[[list[str]], list[list[int]]]
+
+
+def load_tokenizer(load_from: str, max_tokens: int) -> tuple[Tokenize, int]:
+    """The model's fast tokenizer, truncating to max_tokens without padding, and its pad id.
+
+    Read from tokenizer.json with the `tokenizers` library (what transformers' fast tokenizer
+    runs, without importing transformers: seconds off a service's start); a model folder
+    without tokenizer.json goes through transformers' AutoTokenizer.
+    """
+    path = Path(load_from) / "tokenizer.json"
+    if not path.is_file():
+        from transformers import AutoTokenizer
+
+        auto = AutoTokenizer.from_pretrained(load_from)
+
+        def auto_ids(texts: list[str]) -> list[list[int]]:
+            encoded = auto(texts, truncation=True, max_length=max_tokens, padding=False)
+            return list(encoded["input_ids"])
+
+        return auto_ids, int(auto.pad_token_id or 0)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    pad = tokenizer.token_to_id(_pad_token(Path(load_from)))
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+
+    return ids, int(pad or 0)
+
+
+def _pad_token(folder: Path) -> str:
+    try:
+        special = json.loads((folder / "special_tokens_map.json").read_text())
+    except (OSError, ValueError):
+        return "[PAD]"
+    pad = special.get("pad_token", "[PAD]")
+    return str(pad["content"] if isinstance(pad, dict) else pad)
+
+
 class OnnxEmbedder:
     """An Embedder running an exported sentence-transformers model with ONNX Runtime."""
 
@@ -159,7 +202,6 @@ class OnnxEmbedder:
         threads: int | None = None,
     ):
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         if not exportable(load_from):
             raise ConfigError(
@@ -176,10 +218,9 @@ class OnnxEmbedder:
         self._session = ort.InferenceSession(
             str(self.path), options, providers=["CPUExecutionProvider"]
         )
-        self._tokenizer = AutoTokenizer.from_pretrained(load_from)
-        self._pad_id = int(self._tokenizer.pad_token_id or 0)
         config = json.loads((Path(load_from) / "sentence_bert_config.json").read_text())
         self.max_tokens = int(config.get("max_seq_length") or 256)
+        self._tokenize, self._pad_id = load_tokenizer(load_from, self.max_tokens)
         self.dimension = int(self._session.get_outputs()[0].shape[1] or self._probe_dimension())
 
     def _probe_dimension(self) -> int:
@@ -189,10 +230,7 @@ class OnnxEmbedder:
         """Unit-length vectors, one per text, in order; batches are formed by length."""
         if not texts:
             return []
-        encoded = self._tokenizer(
-            list(texts), truncation=True, max_length=self.max_tokens, padding=False
-        )
-        ids: list[list[int]] = encoded["input_ids"]
+        ids = self._tokenize(list(texts))
         order = np.argsort([len(row) for row in ids], kind="stable")
         out: list[np.ndarray] = []
         for start in range(0, len(order), BATCH):

@@ -39,6 +39,7 @@ from freshkb.flows.tasks import (
     index_state_task,
     load_task,
     plan_task,
+    run_task,
     screen_task,
     upsert_task,
     validate_task,
@@ -147,19 +148,21 @@ def run_stages(run: IngestRun, report: RunReport) -> None:
     with timed(timings, "model"):
         model = embedding_model(run.settings)
     with timed(timings, "load"):
-        stored = index_state_task(run.settings, run.source, model, run.flow_run_id, run.target)
+        stored = run_task(
+            index_state_task, run.settings, run.source, model, run.flow_run_id, run.target
+        )
         complete = {doc_id: doc.content_hash for doc_id, doc in stored.items() if doc.complete}
-        loaded = load_task(run.source, complete, run.settings.partition_processes)
+        loaded = run_task(load_task, run.source, complete, run.settings.partition_processes)
     report.count_load(loaded)
     with timed(timings, "plan"):
-        plan = plan_task(run.source, loaded, stored)
+        plan = run_task(plan_task, run.source, loaded, stored)
     report.count_plan(plan)
     with timed(timings, "validate"):
         _gate(run, plan, loaded, report)
     rewritten = _write(run, model, plan, report)
     with timed(timings, "verify"):
         expected = expected_objects(plan, rewritten)
-        report.objects_live = verify_task(run.settings, run.source, expected, run.target)
+        report.objects_live = run_task(verify_task, run.settings, run.source, expected, run.target)
 
 
 def _gate(run: IngestRun, plan: SyncPlan, loaded: LoadResult, report: RunReport) -> None:
@@ -171,8 +174,8 @@ def _gate(run: IngestRun, plan: SyncPlan, loaded: LoadResult, report: RunReport)
         max_share=run.source.expectations.max_delete_share,
         allow=run.allow_mass_delete,
     )
-    outcome = validate_task(
-        run.settings, run.source, loaded, run.flow_run_id, run.allow_mass_delete
+    outcome = run_task(
+        validate_task, run.settings, run.source, loaded, run.flow_run_id, run.allow_mass_delete
     )
     report.validation = outcome.summary()
     report.newest_record_at = outcome.newest_record_at
@@ -208,7 +211,9 @@ def _write(run: IngestRun, model: ModelInfo, plan: SyncPlan, report: RunReport) 
         _count_batch(report, outcome)
         rewritten.update(outcome.chunk_counts)
     with timed(report.stage_seconds, "delete"):
-        report.objects_deleted += delete_task(run.settings, run.source, plan.deleted, run.target)
+        report.objects_deleted += run_task(
+            delete_task, run.settings, run.source, plan.deleted, run.target
+        )
     if report.objects_failed:
         raise DataError(f"{len(report.objects_failed)} objects failed to write")
     return rewritten
@@ -225,19 +230,28 @@ def _write_batch(
     outcome = BatchOutcome()
     timings = outcome.stage_seconds
     with timed(timings, "chunk"):
-        chunks = chunk_task(batch.documents, policy)
+        chunks = run_task(chunk_task, batch.documents, policy)
     with timed(timings, "screen"):
-        chunks = screen_task(run.settings, chunks) if chunks else []
+        chunks = run_task(screen_task, run.settings, chunks) if chunks else []
     outcome.flagged = sum(1 for chunk in chunks if chunk.injection_reason)
     with timed(timings, "embed"):
-        embedded, stats = embed_task(run.settings, chunks) if chunks else ([], EmbedStats(0, 0))
+        embedded, stats = (
+            run_task(embed_task, run.settings, chunks) if chunks else ([], EmbedStats(0, 0))
+        )
     outcome.computed, outcome.cached = stats.computed, stats.cached
     outcome.embedded = len(embedded)
     outcome.chunk_counts = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}
     with timed(timings, "write"):
         if embedded or batch.previous:
-            result, outcome.trimmed = upsert_task(
-                run.settings, run.source, embedded, batch, run.flow_run_id, model, run.target
+            result, outcome.trimmed = run_task(
+                upsert_task,
+                run.settings,
+                run.source,
+                embedded,
+                batch,
+                run.flow_run_id,
+                model,
+                run.target,
             )
             outcome.written = result.written
             outcome.failed = [ObjectFailure(u, m) for u, m in result.failed]

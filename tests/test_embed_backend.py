@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,13 @@ from freshkb.embeddings.embedder import (
     resolve_model,
     select_embedder,
 )
-from freshkb.embeddings.onnx_backend import INT8_SUFFIX, OnnxEmbedder, export_path, exportable
+from freshkb.embeddings.onnx_backend import (
+    INT8_SUFFIX,
+    OnnxEmbedder,
+    export_path,
+    exportable,
+    load_tokenizer,
+)
 
 TEXTS = [
     "Returns",
@@ -101,3 +109,51 @@ def test_backend_choice_follows_the_setting_and_the_device(onnx_cache: Path, tmp
     assert not exportable(str(tmp_path))
     assert Settings(embedding_backend="onnx-int8").embedding_backend == "onnx-int8"
     assert Settings().embedding_backend == "auto"
+
+
+def test_tokenizer_read_from_tokenizer_json_gives_transformers_ids():
+    from transformers import AutoTokenizer
+
+    load_from, _ = resolve_model("all-MiniLM-L6-v2")
+    tokenize, pad_id = load_tokenizer(load_from, 256)
+    reference = AutoTokenizer.from_pretrained(load_from)
+    expected = reference(TEXTS, truncation=True, max_length=256, padding=False)["input_ids"]
+    assert tokenize(TEXTS) == expected
+    assert max(len(row) for row in tokenize(TEXTS)) == 256  # the long text is truncated
+    assert pad_id == reference.pad_token_id
+
+
+@pytest.mark.timeout(120)
+def test_auto_device_on_a_machine_without_a_gpu_driver_never_imports_torch(onnx_cache: Path):
+    # The service's start must not pay for importing torch and transformers on a CPU machine
+    # once the ONNX export exists (made here first, in this process, if no earlier test did).
+    load_from, model_id = resolve_model("all-MiniLM-L6-v2")
+    OnnxEmbedder(load_from, model_id, onnx_cache)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from freshkb.embeddings.embedder import gpu_possible, select_embedder\n"
+        "assert not gpu_possible(), 'this machine shows a GPU driver'\n"
+        f"e = select_embedder('all-MiniLM-L6-v2', 'auto', 64, 'auto', Path({str(onnx_cache)!r}))\n"
+        "assert len(e.embed(['hello'])[0]) == 384\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers') "
+        "if m in sys.modules)\n"
+        "print(type(e).__name__, heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["OnnxEmbedder", "[]"]
+
+
+def test_a_gpu_driver_on_the_machine_makes_auto_ask_torch(monkeypatch: pytest.MonkeyPatch):
+    import freshkb.embeddings.embedder as embedder
+
+    monkeypatch.setattr(embedder, "GPU_DEVICE_FILES", ("/proc/self/status",))
+    assert embedder.gpu_possible()
+    # torch (imported by now in this test process) finds no CUDA device here: still the CPU.
+    assert embedder.resolve_device("auto") == "cpu"
+    monkeypatch.setattr(embedder, "GPU_DEVICE_FILES", ("/nonexistent/nvidia",))
+    monkeypatch.delitem(sys.modules, "torch")
+    assert not embedder.gpu_possible()
