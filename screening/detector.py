@@ -1,9 +1,11 @@
-"""The learned half of the screen: a logistic regression over sentence embeddings of exemplars.
+"""The learned half of the screen: logistic regressions over sentence embeddings.
 
-The regression is fitted on a few hundred exemplars with numpy by fixed Newton steps, so it is
-deterministic; a text must also be nearer the attack exemplars than the benign ones (the
-neighbour margin), so that a text far from every exemplar is not called an attack on
-extrapolation alone.
+Both are fitted with numpy by Newton steps, so deterministically. The question detector is
+trained offline on public prompt-injection sets (screening/train.py) and only its weights and
+threshold ship. The document detector is fitted on a few hundred exemplars of document text
+(data/exemplars/document_*.jsonl), and a passage must also be nearer its attack exemplars than
+its benign ones (the neighbour margin), so that a text far from every exemplar is not called an
+attack on extrapolation alone; a detector without exemplars has no such check.
 """
 
 from __future__ import annotations
@@ -21,15 +23,21 @@ from freshkb.screening.exemplars import Exemplars
 DETECTOR_VERSION = 1
 NEIGHBOURS = 3
 L2_PENALTY = 0.1
+# The document detector's probability threshold, chosen by cross-validating its exemplars.
+# Documents are judged sentence by sentence, over many sentences, so a sentence must also be
+# closer to the attack exemplars than to the benign ones (a neighbour margin >= 0) to count.
+DOCUMENT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True, eq=False)
 class DetectorParameters:
-    """What fitting produces: the exemplars' embeddings and the regression's weights."""
+    """What fitting produces: the regression's weights, its threshold, and the exemplars'
+    embeddings for the neighbour margin (no rows: no margin check)."""
 
     attacks: np.ndarray  # one row per attack exemplar
     benign: np.ndarray  # one row per benign exemplar
     weights: np.ndarray  # one per embedding dimension, then the bias
+    threshold: float  # the probability at and above which a text counts as an attack
 
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, penalty: float) -> np.ndarray:
@@ -52,7 +60,9 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, penalty: float) -> np
     return weights
 
 
-def fit_parameters(embedder: Embedder, exemplars: Exemplars) -> DetectorParameters:
+def fit_parameters(
+    embedder: Embedder, exemplars: Exemplars, threshold: float
+) -> DetectorParameters:
     """Embed the exemplars and fit the regression on them."""
     attacks, benign = exemplars.attacks, exemplars.benign
     vectors = np.asarray(embedder.embed([*attacks, *benign]), dtype=np.float64)
@@ -61,11 +71,12 @@ def fit_parameters(embedder: Embedder, exemplars: Exemplars) -> DetectorParamete
         attacks=vectors[: len(attacks)],
         benign=vectors[len(attacks) :],
         weights=fit_logistic(vectors, labels, L2_PENALTY),
+        threshold=threshold,
     )
 
 
 class ExemplarDetector:
-    """Scores texts by how much their embeddings resemble attack exemplars over benign ones."""
+    """Scores texts by how much their embeddings resemble attacks over benign texts."""
 
     def __init__(self, embedder: Embedder, parameters: DetectorParameters):
         self._embedder = embedder
@@ -75,12 +86,19 @@ class ExemplarDetector:
         """Per text: the attack probability, and the neighbour margin (attack minus benign)."""
         if not texts:
             return np.zeros(0), np.zeros(0)
-        fitted = self.parameters
         vectors = np.asarray(self._embedder.embed(list(texts)), dtype=np.float64)
-        logits = vectors @ fitted.weights[:-1] + fitted.weights[-1]
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
-        margin = _top_mean(vectors @ fitted.attacks.T) - _top_mean(vectors @ fitted.benign.T)
-        return probabilities, margin
+        return score_vectors(self.parameters, vectors)
+
+
+def score_vectors(fitted: DetectorParameters, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per embedding: the attack probability, and the neighbour margin (0 without exemplars)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    logits = vectors @ fitted.weights[:-1] + fitted.weights[-1]
+    probabilities = 1.0 / (1.0 + np.exp(-logits))
+    if not len(fitted.attacks) or not len(fitted.benign):
+        return probabilities, np.zeros(len(vectors))
+    margin = _top_mean(vectors @ fitted.attacks.T) - _top_mean(vectors @ fitted.benign.T)
+    return probabilities, margin
 
 
 def _top_mean(similarities: np.ndarray) -> np.ndarray:

@@ -1,11 +1,15 @@
-"""The hand-written exemplars the detectors learn from, read from data/exemplars/*.jsonl.
+"""Hand-written exemplars, read from data/exemplars/*.jsonl.
 
-Four sets: attacks typed into a customer question and ordinary questions (many on purpose using
-the words attacks use: ignore, bypass, override, pretend, system, admin), and instructions for an
-AI assistant hidden in a document or e-mail beside the ordinary sentences such texts carry
-(including policy text that legitimately tells a support agent what to do). They are written in
-varied wording across retail, outdoor gear, banking, airline, telecom and benefits; the
-evaluation sets under ../shared/eval are kept out of them so that measuring there means something.
+Four sets: instructions for an AI assistant hidden in a document or e-mail beside the ordinary
+sentences such texts carry (including policy text that legitimately tells a support agent what
+to do), which the document detector learns from; and attacks typed into a customer question and
+ordinary questions (many on purpose using the words attacks use: ignore, bypass, override,
+pretend, system, admin). The question detector is trained on public data (screening/train.py);
+half A of the question sets only serves its neighbour check, which keeps ordinary customer
+requests the public sets lack ("Please confirm this in writing") from being blocked, and half B
+is a held-out check of it (bench/safety_eval.py).
+They are written in varied wording across retail, outdoor gear, banking, airline, telecom and
+benefits; the evaluation sets under ../shared/eval are kept out of them.
 
 Each line of a file is one exemplar, `{"group": what kind of text it is, "text": the text}`.
 """
@@ -18,6 +22,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 EXEMPLAR_SETS = ("question_attacks", "question_benign", "document_attacks", "document_benign")
+# The sets the document detector is fitted on: a change to them means fitting again.
+FITTED_SETS = ("document_attacks", "document_benign")
+QUESTION_SETS = ("question_attacks", "question_benign")
 
 
 @dataclass(frozen=True)
@@ -38,9 +45,21 @@ def read_exemplars(name: str) -> tuple[str, ...]:
     return tuple(json.loads(line)["text"] for line in lines if line.strip())
 
 
-def question_exemplars() -> Exemplars:
-    """Attacks typed into questions, and ordinary questions."""
-    return Exemplars(read_exemplars("question_attacks"), read_exemplars("question_benign"))
+def exemplar_half(text: str) -> str:
+    """A or B by the sha256 of the text: the question detector's neighbour check uses half A of
+    the question exemplars, and half B stays a held-out check."""
+    return "AB"[hashlib.sha256(text.encode("utf-8")).digest()[0] % 2]
+
+
+def question_exemplars(half: str | None = None) -> Exemplars:
+    """Attacks typed into questions, and ordinary questions; only half A or B if given."""
+    attacks, benign = read_exemplars("question_attacks"), read_exemplars("question_benign")
+    if half is None:
+        return Exemplars(attacks, benign)
+    return Exemplars(
+        tuple(t for t in attacks if exemplar_half(t) == half),
+        tuple(t for t in benign if exemplar_half(t) == half),
+    )
 
 
 def document_exemplars() -> Exemplars:
@@ -48,10 +67,10 @@ def document_exemplars() -> Exemplars:
     return Exemplars(read_exemplars("document_attacks"), read_exemplars("document_benign"))
 
 
-def exemplars_digest() -> str:
-    """sha256 over every exemplar file: changes whenever any exemplar does."""
+def exemplars_digest(names: tuple[str, ...] = FITTED_SETS) -> str:
+    """sha256 over exemplar files (default: the document detector's): changes when one does."""
     digest = hashlib.sha256()
-    for name in EXEMPLAR_SETS:
+    for name in names:
         digest.update(name.encode())
         digest.update(_raw(name))
     return digest.hexdigest()

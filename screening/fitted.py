@@ -1,9 +1,15 @@
-"""Fit once: the detectors' parameters ship in the package, else are saved under the cache
-directory, and are loaded at start.
+"""Fit once, load at start: the detectors' parameters ship in the package.
 
-Fitting embeds every exemplar (most of a minute on a CPU). The saved file is named by the
-sha256 of what the fit depends on: the exemplar files, the detector's version and the embedding
-model, so that a change to any of them fits again instead of loading stale parameters.
+- The question detector is trained offline on public data (`python -m freshkb.screening.train`,
+  screening/train.py) and ships as data/fitted/question-detector.npz (weights, threshold and
+  the vectors of its neighbour check), with its provenance beside it; nothing fits it at run
+  time (its data is not in the package).
+- The document detector is fitted on the document exemplars (most of a minute on a CPU) and
+  ships as data/fitted/document-detector.npz (`python -m freshkb.screening.fitted`); another
+  embedding model fits it once and saves it under the cache directory.
+
+Each file holds the sha256 of what it was fitted on (its key), so a change to the exemplars,
+the training spec, the detector or the model is noticed instead of loading stale parameters.
 """
 
 from __future__ import annotations
@@ -20,22 +26,27 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from freshkb.core.errors import ConfigError
 from freshkb.embeddings.embedder import Embedder
 from freshkb.screening.detector import (
     DETECTOR_VERSION,
+    DOCUMENT_THRESHOLD,
     L2_PENALTY,
     NEIGHBOURS,
     DetectorParameters,
     fit_parameters,
 )
-from freshkb.screening.exemplars import document_exemplars, exemplars_digest, question_exemplars
+from freshkb.screening.exemplars import QUESTION_SETS, document_exemplars, exemplars_digest
 
 log = logging.getLogger(__name__)
 
-# The parameters fitted on the bundled detector model, shipped so that no start-up fits (a
-# fresh cache directory, a new container): regenerate with `python -m freshkb.screening.fitted`
-# whenever an exemplar, the detector or the model changes (a test fails until then).
-SHIPPED_FILE = "data/fitted/injection-detectors.npz"
+QUESTION_FILE = "data/fitted/question-detector.npz"
+DOCUMENT_FILE = "data/fitted/document-detector.npz"
+TRAINING_SPEC_FILE = "data/training_data.yaml"
+# Bump when training or scoring of the question detector changes (features, solver, threshold
+# rule): the shipped parameters are then stale until trained again.
+QUESTION_DETECTOR_VERSION = 1
+_PARTS = ("attacks", "benign", "weights", "threshold")
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,126 +56,127 @@ class FittedDetectors:
     questions: DetectorParameters
     documents: DetectorParameters
 
-    def by_name(self) -> dict[str, DetectorParameters]:
-        """Each detector's parameters under its name, as saved."""
-        return {"questions": self.questions, "documents": self.documents}
-
 
 def fit_key(model_id: str) -> str:
-    """sha256 of everything the fitted parameters depend on."""
+    """sha256 of everything the document detector's parameters depend on."""
     digest = hashlib.sha256()
-    for part in (exemplars_digest(), DETECTOR_VERSION, L2_PENALTY, NEIGHBOURS, model_id):
+    parts = (exemplars_digest(), DETECTOR_VERSION, L2_PENALTY, NEIGHBOURS, DOCUMENT_THRESHOLD)
+    for part in (*parts, model_id):
         digest.update(f"{part}\n".encode())
     return digest.hexdigest()
 
 
+def question_key(model_id: str) -> str:
+    """sha256 of what the question detector must have been trained on: the training spec (the
+    wheel's hash, the sets, the threshold rule), the question exemplars of its neighbour
+    check, the detector's version and the model."""
+    spec = files("freshkb.screening").joinpath(TRAINING_SPEC_FILE).read_bytes()
+    digest = hashlib.sha256(spec)
+    neighbours = exemplars_digest(QUESTION_SETS)
+    digest.update(f"\n{neighbours}\n{QUESTION_DETECTOR_VERSION}\n{model_id}\n".encode())
+    return digest.hexdigest()
+
+
 def fitted_path(cache_dir: Path, key: str) -> Path:
-    """Where the parameters fitted under `key` are saved."""
-    return cache_dir / "screening" / f"injection-detector-{key[:16]}.npz"
+    """Where the document detector fitted under `key` is saved in the cache directory."""
+    return cache_dir / "screening" / f"document-detector-{key[:16]}.npz"
 
 
 def load_or_fit(
     embedder: Embedder, cache_dir: Path | None, use_shipped: bool = False
 ) -> FittedDetectors:
-    """Parameters of both detectors: the shipped ones (with `use_shipped`) or those saved under
-    the same key, else fitted and saved.
+    """The shipped question detector, and the document detector: shipped (with
+    `use_shipped`), else saved under the same key, else fitted and saved.
 
-    Without a cache directory and shipped parameters they are fitted every time.
+    Without a cache directory and shipped parameters the document detector is fitted every time.
     """
+    questions = load_shipped(QUESTION_FILE, question_key(embedder.model_id))
+    if questions is None:
+        raise ConfigError(
+            f"freshkb/screening/{QUESTION_FILE} was not trained for {embedder.model_id} and "
+            "the current data/training_data.yaml: run `python -m freshkb.screening.train`"
+        )
     key = fit_key(embedder.model_id)
-    if use_shipped and (shipped := load_shipped(key)) is not None:
-        return shipped
+    if use_shipped and (shipped := load_shipped(DOCUMENT_FILE, key)) is not None:
+        return FittedDetectors(questions, shipped)
     path = fitted_path(cache_dir, key) if cache_dir is not None else None
     if path is not None and (saved := load_fitted(path, key)) is not None:
-        return saved
-    log.info("fitting the prompt-injection detectors on %s", embedder.model_id)
-    fitted = FittedDetectors(
-        questions=fit_parameters(embedder, question_exemplars()),
-        documents=fit_parameters(embedder, document_exemplars()),
-    )
+        return FittedDetectors(questions, saved)
+    log.info("fitting the document injection detector on %s", embedder.model_id)
+    documents = fit_parameters(embedder, document_exemplars(), DOCUMENT_THRESHOLD)
     if path is not None:
-        save_fitted(path, key, fitted)
-    return fitted
+        save_fitted(path, key, documents)
+    return FittedDetectors(questions, documents)
 
 
-def load_shipped(key: str) -> FittedDetectors | None:
-    """The parameters shipped in the package, or None when fitted under another key."""
+def load_shipped(name: str, key: str) -> DetectorParameters | None:
+    """Parameters shipped in the package file `name`, or None when fitted under another key."""
     try:
-        raw = files("freshkb.screening").joinpath(SHIPPED_FILE).read_bytes()
+        raw = files("freshkb.screening").joinpath(name).read_bytes()
     except OSError:
         return None
     return load_fitted(io.BytesIO(raw), key)
 
 
-def load_fitted(path: Path | BinaryIO, key: str) -> FittedDetectors | None:
+def load_fitted(path: Path | BinaryIO, key: str) -> DetectorParameters | None:
     """The parameters saved at path, or None when missing, unreadable or under another key."""
     try:
         with np.load(path, allow_pickle=False) as saved:
             if str(saved["key"]) != key:
                 return None
-            # float64 whatever was saved: the shipped file keeps the float32 model outputs as
-            # float32, which converts back exactly.
-            found = {
-                name: DetectorParameters(
-                    **{
-                        part: np.asarray(saved[f"{name}_{part}"], dtype=np.float64)
-                        for part in ("attacks", "benign", "weights")
-                    }
-                )
-                for name in ("questions", "documents")
-            }
-        return FittedDetectors(**found)
+            # float64 whatever was saved: shipped exemplar rows are the float32 model outputs,
+            # which convert back exactly.
+            arrays = {part: np.asarray(saved[part], dtype=np.float64) for part in _PARTS}
+        threshold = float(arrays.pop("threshold"))
+        return DetectorParameters(**arrays, threshold=threshold)
     except FileNotFoundError:
         return None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        log.warning("%s: unreadable (%s); fitting the detectors again", path, exc)
+        log.warning("%s: unreadable (%s); fitting the detector again", path, exc)
         return None
 
 
-def save_fitted(path: Path, key: str, fitted: FittedDetectors) -> None:
+def _arrays(key: str, parameters: DetectorParameters, exemplar_type: Any) -> dict[str, Any]:
+    return {
+        "key": np.asarray(key),
+        "attacks": parameters.attacks.astype(exemplar_type),
+        "benign": parameters.benign.astype(exemplar_type),
+        "weights": parameters.weights,
+        "threshold": np.asarray(parameters.threshold),
+    }
+
+
+def save_fitted(path: Path, key: str, parameters: DetectorParameters) -> None:
     """Save parameters under key, atomically: a process starting meanwhile never reads half."""
-    arrays: dict[str, Any] = {"key": np.asarray(key)}
-    for name, parameters in fitted.by_name().items():
-        arrays[f"{name}_attacks"] = parameters.attacks
-        arrays[f"{name}_benign"] = parameters.benign
-        arrays[f"{name}_weights"] = parameters.weights
     # Per-process name, so two processes fitting at once do not write into one file.
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("wb") as file:
-            np.savez(file, **arrays)
+            np.savez(file, **_arrays(key, parameters, np.float64))
         partial.replace(path)
     except OSError as exc:
         # A read-only or full cache costs a fit at every start, not the service.
-        log.warning("could not save the fitted detectors to %s (%s)", path, exc)
+        log.warning("could not save the fitted detector to %s (%s)", path, exc)
         partial.unlink(missing_ok=True)
 
 
-def ship_fitted(path: Path, key: str, fitted: FittedDetectors) -> None:
-    """Write parameters as the package's shipped file: exemplar rows as float32 (what the model
+def ship_fitted(path: Path, key: str, parameters: DetectorParameters) -> None:
+    """Write parameters as a shipped package file: exemplar rows as float32 (what the model
     gave, so exact), compressed, to keep the package small."""
-    arrays: dict[str, Any] = {"key": np.asarray(key)}
-    for name, parameters in fitted.by_name().items():
-        arrays[f"{name}_attacks"] = parameters.attacks.astype(np.float32)
-        arrays[f"{name}_benign"] = parameters.benign.astype(np.float32)
-        arrays[f"{name}_weights"] = parameters.weights
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as file:
-        np.savez_compressed(file, **arrays)
+        np.savez_compressed(file, **_arrays(key, parameters, np.float32))
 
 
 def main() -> None:
-    """Fit both detectors on the bundled model and write them into the package data."""
+    """Fit the document detector on the bundled model and write it into the package data."""
     from freshkb.embeddings.embedder import get_embedder
 
     embedder = get_embedder("all-MiniLM-L6-v2", "cpu")
-    fitted = FittedDetectors(
-        questions=fit_parameters(embedder, question_exemplars()),
-        documents=fit_parameters(embedder, document_exemplars()),
-    )
-    target = Path(__file__).resolve().parent / SHIPPED_FILE
-    ship_fitted(target, fit_key(embedder.model_id), fitted)
+    documents = fit_parameters(embedder, document_exemplars(), DOCUMENT_THRESHOLD)
+    target = Path(__file__).resolve().parent / DOCUMENT_FILE
+    ship_fitted(target, fit_key(embedder.model_id), documents)
     print(f"wrote {target}")
 
 

@@ -20,22 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from freshkb.embeddings.embedder import Embedder, select_embedder
-from freshkb.screening.detector import ExemplarDetector
+from freshkb.screening.detector import DOCUMENT_THRESHOLD, ExemplarDetector
 from freshkb.screening.fitted import fit_key, load_or_fit
 from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules, rules_digest
 from freshkb.screening.text import decoded_payloads, normalise, split_passages, word_count
 from freshkb.screening.verdicts import DocumentVerdict, QuestionVerdict, SuspiciousPassage
 
-# The detector always uses the bundled model, whatever model the index is built with: its
-# exemplars were judged with this model, and it needs no download.
+# The detectors always use the bundled model, whatever model the index is built with: they were
+# trained and fitted on its vectors, and it needs no download. The question detector's threshold
+# ships with its parameters (chosen on the training data's validation split, screening/train.py).
 DETECTOR_MODEL = "all-MiniLM-L6-v2"
 
-# Probability thresholds of the two detectors, chosen by cross-validating the exemplars and
-# checked against the dev split. Questions are judged whole, so one high bar. Documents are
-# judged sentence by sentence, over many sentences, so a sentence must also be closer to the
-# attack exemplars than to the benign ones (a neighbour margin >= 0) before it counts.
-QUESTION_THRESHOLD = 0.6
-DOCUMENT_THRESHOLD = 0.5
 # A passage that the weak rule points at needs much less from the detector: the rule fired on no
 # clean e-mail, policy paragraph, benefits chunk or retail record measured, but it alone should
 # not decide. (Once benign exemplars of plan and job-description prose were added, attacks such
@@ -116,7 +111,7 @@ class InjectionGuard:
     def _question_verdict(
         self, text: str, probabilities: np.ndarray, margins: np.ndarray
     ) -> QuestionVerdict:
-        hits = (probabilities >= QUESTION_THRESHOLD) & (margins >= 0)
+        hits = (probabilities >= self.questions.parameters.threshold) & (margins >= 0)
         detector_score = float(probabilities.max())
         matches = self._question_matches(text)
         detector_hit = bool(hits.any())

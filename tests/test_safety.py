@@ -22,13 +22,7 @@ from fixtures_files import shared_dir
 
 from freshkb.core.config import Settings
 from freshkb.screening import InjectionGuard, build_guard, load_guard
-from freshkb.screening.fitted import (
-    FittedDetectors,
-    fit_key,
-    fitted_path,
-    load_fitted,
-    save_fitted,
-)
+from freshkb.screening.fitted import fit_key, fitted_path, load_fitted, save_fitted
 from freshkb.screening.guard import detector_embedder
 from freshkb.serving.prompting import DATA_BLOCK_TAG, DATA_CLOSE, neutralise, quote_as_data
 
@@ -126,7 +120,7 @@ def test_verdict_is_frozen_and_names_the_rules_that_fired(guard: InjectionGuard)
     passing = guard.screen_question("What is the return window for hiking boots?")
     assert not passing.blocked
     assert passing.reasons == ()
-    assert 0.0 <= passing.score < 0.6
+    assert 0.0 <= passing.score < guard.questions.parameters.threshold
 
 
 def test_base64_encoded_instruction_is_decoded_and_blocked(guard: InjectionGuard):
@@ -266,7 +260,8 @@ def test_detectors_are_fitted_once_then_loaded_with_identical_scores(
 ):
     fitting = CountingEmbedder(detector_embedder())
     first = build_guard(fitting, tmp_path)
-    assert fitting.embedded > 600  # every exemplar of both detectors
+    # Every document exemplar; the question detector is trained offline and only loaded.
+    assert fitting.embedded > 400
     assert fitted_path(tmp_path, fit_key(fitting.model_id)).is_file()
 
     loading = CountingEmbedder(detector_embedder())
@@ -317,12 +312,13 @@ def test_parameters_fitted_on_other_exemplars_or_models_are_not_loaded(
     key = fit_key(detector_embedder().model_id)
     assert fit_key("sentence-transformers/another-model") != key
     path = fitted_path(tmp_path, key)
-    fitted = FittedDetectors(guard.questions.parameters, guard.documents.parameters)
+    fitted = guard.documents.parameters
     save_fitted(path, "a key of other exemplars", fitted)
     assert load_fitted(path, key) is None
     save_fitted(path, key, fitted)
     loaded = load_fitted(path, key)
     assert loaded is not None
-    assert np.array_equal(loaded.documents.weights, fitted.documents.weights)
+    assert np.array_equal(loaded.weights, fitted.weights)
+    assert loaded.threshold == fitted.threshold
     path.write_bytes(b"half a file")
     assert load_fitted(path, key) is None

@@ -20,7 +20,15 @@ from freshkb.core.records import Chunk, SourceKind
 from freshkb.embeddings.embedder import BUNDLED_MODEL_ID, Embedder, select_embedder
 from freshkb.flows.tasks import screen_task
 from freshkb.screening import InjectionGuard, build_guard
-from freshkb.screening.fitted import fit_key, fitted_path, load_fitted, load_shipped
+from freshkb.screening.fitted import (
+    DOCUMENT_FILE,
+    QUESTION_FILE,
+    fit_key,
+    fitted_path,
+    load_fitted,
+    load_shipped,
+    question_key,
+)
 from freshkb.screening.guard import detector_embedder
 from freshkb.screening.verdict_cache import (
     VerdictCache,
@@ -56,11 +64,16 @@ def guard(counting: CountingEmbedder) -> InjectionGuard:
 @pytest.mark.timeout(60)
 def test_shipped_detector_parameters_are_fitted_on_the_current_exemplars_and_model():
     key = fit_key(BUNDLED_MODEL_ID)
-    assert load_shipped(key) is not None, (
-        "screening/data/fitted/injection-detectors.npz is stale (exemplars, detector or model "
-        "changed): run `.venv/bin/python -m freshkb.screening.fitted` and commit the file"
+    assert load_shipped(DOCUMENT_FILE, key) is not None, (
+        f"screening/{DOCUMENT_FILE} is stale (exemplars, detector or model changed): run "
+        "`.venv/bin/python -m freshkb.screening.fitted` and commit the file"
     )
-    assert load_shipped("another key") is None
+    assert load_shipped(DOCUMENT_FILE, "another key") is None
+    assert load_shipped(QUESTION_FILE, question_key(BUNDLED_MODEL_ID)) is not None, (
+        f"screening/{QUESTION_FILE} is stale (training spec, detector or model changed): run "
+        "`.venv/bin/python -m freshkb.screening.train` and commit the file"
+    )
+    assert load_shipped(QUESTION_FILE, question_key("sentence-transformers/other")) is None
 
 
 @pytest.mark.timeout(120)
@@ -71,15 +84,18 @@ def test_shipped_parameters_mean_no_fit_and_no_start_up_write(
     build_guard(counting, tmp_path, use_shipped=True)
     assert counting.embedded == before  # nothing embedded: nothing fitted
     assert not fitted_path(tmp_path, fit_key(BUNDLED_MODEL_ID)).exists()
-    saved = load_shipped(fit_key(BUNDLED_MODEL_ID))
+    saved = load_shipped(DOCUMENT_FILE, fit_key(BUNDLED_MODEL_ID))
     assert saved is not None
-    assert np.array_equal(saved.documents.weights, guard.documents.parameters.weights)
+    assert np.array_equal(saved.weights, guard.documents.parameters.weights)
+    trained = load_shipped(QUESTION_FILE, question_key(BUNDLED_MODEL_ID))
+    assert trained is not None
+    assert np.array_equal(trained.weights, guard.questions.parameters.weights)
     # The cache a torch fit saved, where one exists, holds exactly the shipped parameters.
     cached = load_fitted(
         fitted_path(Settings().cache_dir, fit_key(BUNDLED_MODEL_ID)), fit_key(BUNDLED_MODEL_ID)
     )
     if cached is not None:
-        assert np.array_equal(cached.documents.attacks, saved.documents.attacks)
+        assert np.array_equal(cached.attacks, saved.attacks)
 
 
 @pytest.mark.timeout(120)
