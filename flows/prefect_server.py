@@ -122,6 +122,13 @@ def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def running_api_url(config: PrefectServerConfig) -> str | None:
+    """The API URL of the managed server when its process runs and answers, else None."""
+    if config.server_process().is_alive() and is_healthy(config.api_url, timeout=1.0):
+        return config.api_url
+    return None
+
+
 @contextmanager
 def api_client(api_url: str) -> Iterator[SyncPrefectClient]:
     """A Prefect client of the server at `api_url`, which Prefect's own helpers use too."""

@@ -24,6 +24,7 @@ class LiveCollections:
         # Pinned per kind once known: a rebuild's target, or the alias target at schema time.
         self.physical: dict[SourceKind, str] = {}
         self.dimension: dict[SourceKind, int] = {}
+        self._aliased: set[SourceKind] = set()  # kinds whose alias is known to exist
 
     def pin(self, kind: SourceKind, name: str, dimension: int | None = None) -> None:
         """Read and write `name` for `kind` from now on; its vectors have `dimension` numbers."""
@@ -41,6 +42,25 @@ class LiveCollections:
         if kind in self.physical:
             return self.physical[kind]
         return self.alias_target(kind)
+
+    def reader(self, kind: SourceKind) -> Collection | None:
+        """The collection to query `kind` in, None before the first ingest made one.
+
+        Unless a version is pinned, queries go to the alias itself: Weaviate resolves it on
+        each query (a switch takes effect at once), and a search saves looking it up first,
+        a round trip of its own. Only whether the alias exists is remembered.
+        """
+        if kind in self.physical:
+            return self.client.collections.get(self.physical[kind])
+        if kind not in self._aliased:
+            if self.alias_target(kind) is None:
+                return None
+            self._aliased.add(kind)
+        return self.client.collections.get(ALIASES[kind])
+
+    def forget_aliases(self) -> None:
+        """Look the aliases up again on the next query (after a failed one: one may be gone)."""
+        self._aliased.clear()
 
     def collection(self, kind: SourceKind, customer_id: str | None = None) -> Collection:
         """The collection of `kind`; for customers, only the shard of `customer_id`."""

@@ -194,6 +194,26 @@ def test_deployed_runs_complete_fail_with_reason_and_never_overlap(
     assert f"prefect.deployment.{ids['ingest-source/kb']}" in related
 
 
+@pytest.mark.timeout(600)
+def test_a_cli_ingest_runs_on_the_running_prefect_server(prefect_env, tmp_path):
+    # No PREFECT_API_URL: with `freshkb prefect up` running, the one-off ingest uses that server
+    # (its run recorded there, no temporary server started) instead of starting its own.
+    from freshkb.flows.prefect_server import api_client
+
+    assert "PREFECT_API_URL" not in prefect_env
+    config = write_config(tmp_path)
+    started = datetime.now(UTC)
+    done = freshkb(prefect_env, "ingest", "kb", "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"runs go to the running Prefect server at {API_URL}" in done.stderr
+    assert "Starting temporary server" not in done.stderr
+    flow_run_id = json.loads(done.stdout)["flow_run_id"]
+    with api_client(API_URL) as client:
+        run = client.read_flow_run(flow_run_id)
+    assert run.state_type.value == "COMPLETED"
+    assert run.start_time >= started
+
+
 def ledger_runs(source: str) -> list[Any]:
     """The ingest runs of `source` the freshness ledger recorded."""
     from freshkb.store.ledger import Ledger

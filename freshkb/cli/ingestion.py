@@ -12,7 +12,7 @@ from rich.table import Table
 
 from freshkb.cli.options import ConfigOption, JsonFlag, config_argument, settings_for
 from freshkb.cli.output import err, fail, out, print_json, show_report, wide_console
-from freshkb.cli.prefect_runs import explained_prefect_failures
+from freshkb.cli.prefect_runs import explained_prefect_failures, use_running_prefect_server
 from freshkb.core.durations import format_duration
 from freshkb.core.errors import ConfigError, FreshkbError
 from freshkb.core.records import SourceKind
@@ -66,13 +66,12 @@ def ingest(  # noqa: PLR0913
     json_out: JsonFlag = False,
 ) -> None:
     """Load, validate, chunk, embed and upsert sources into Weaviate; prints the run report."""
-    from freshkb.flows.deployed import source_slot
-    from freshkb.flows.ingest import ingest_source
     from freshkb.store import server
 
     ad_hoc = {"table": table, "query": query, "customer_id": customer_id, "key": key}
     try:
         settings = settings_for(config)
+        use_running_prefect_server(settings)  # before Prefect is imported: it reads the URL once
         if sum([name is not None, all_sources, source is not None]) != 1:
             raise ConfigError(
                 "give exactly one of: a source NAME, --all, or --source with --kind and --path"
@@ -84,6 +83,9 @@ def ingest(  # noqa: PLR0913
         server.ensure_running(settings, announce=err.print)
     except FreshkbError as exc:
         raise fail(exc) from exc
+    from freshkb.flows.deployed import source_slot
+    from freshkb.flows.ingest import ingest_source
+
     try:
         with explained_prefect_failures():
             reports = []

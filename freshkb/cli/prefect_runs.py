@@ -6,7 +6,9 @@ that Prefect starts in a subprocess. Prefect gives it 20 s by default, which a b
 (the first run after setup, a build next door) can miss; freshkb gives it 120 s unless
 PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says otherwise, and turns a failure into a
 message that says what to do. With PREFECT_API_URL set, flows run against that server and no
-temporary one is started.
+temporary one is started; without it, when freshkb's own Prefect server (`freshkb prefect up`)
+is running, the CLI uses that one: the run is recorded beside the deployed ones, waits for a
+deployed run of the same source, and skips the temporary server's start-up (about 20 s).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, TransientError
 
 STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -49,3 +52,20 @@ def prefect_start_fix(detail: str) -> str:
         "and set PREFECT_API_URL=http://127.0.0.1:4200/api. "
         f"Prefect said: {detail[:300]}"
     )
+
+
+def use_running_prefect_server(settings: Settings, announce: bool = True) -> str | None:
+    """Point PREFECT_API_URL at freshkb's own Prefect server when it runs and the variable is
+    unset (call before Prefect is imported); returns the URL used, if any."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from freshkb.flows.prefect_server import PrefectServerConfig, running_api_url
+
+    api_url = running_api_url(PrefectServerConfig.from_env(settings))
+    if api_url is not None:
+        os.environ["PREFECT_API_URL"] = api_url
+        if announce:
+            from freshkb.cli.output import err
+
+            err.print(f"runs go to the running Prefect server at {api_url}")
+    return api_url
