@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     answer_min_relevance: float = Field(
         default=0.35, ge=-1, le=1, description="cosine of the best passage below which we escalate"
     )
+    # declining (issue 11 section 2): serving/answerability.py
+    answer_min_answerability: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="probability that the passages answer the question (the fitted model in "
+        "serving/data/answerability.json) below which it is declined; None: the model declines "
+        "nothing, only answer_min_relevance and the no-key-word rule do",
+    )
     api_tokens: dict[str, str] = Field(
         default_factory=dict,
         description="bearer token -> scope: 'answer' (a service acting for any customer it "

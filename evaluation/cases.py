@@ -12,10 +12,15 @@ Formats (those of ../shared/eval/dev, plus a staleness scenario of freshkb's own
   (stale | failed: how the ledger is set before asking), `expected_mode`, `disclaimer` (text
   the answer must contain).
 Every other file is listed in `CaseSet.ignored` with why, never skipped without a word.
+
+Halves: every case falls in half A or B by the SHA-256 of its text (the question, or the typed
+text of an injection case), so a method is tuned on A and checked on B, and a case keeps its
+half when files are reordered or grow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -29,6 +34,7 @@ TRUTH_CITATION = re.compile(r"\[([^\[\]#\s]+\.[A-Za-z0-9]+)(?:#page=(\d+))?\]")
 INDIRECT_ATTACKS = "indirect_injection_attacks.json"
 STALE_STATES = ("stale", "failed")
 MODES = ("normal", "degraded", "escalated", "refused")
+HALVES = ("A", "B")
 
 
 class CaseError(ConfigError):
@@ -145,6 +151,21 @@ class CaseSet:
             "staleness": self.staleness,
         }
 
+    def half(self, name: str) -> CaseSet:
+        """Only the cases of half `name` (A or B; "all": every case)."""
+        if name == "all":
+            return self
+        if name not in HALVES:
+            raise CaseError(f"no half {name!r}: use A, B or all")
+        return replace(
+            self,
+            qa=_in_half(self.qa, name),
+            out_of_scope=_in_half(self.out_of_scope, name),
+            injection=_in_half(self.injection, name),
+            indirect=_in_half(self.indirect, name),
+            staleness=_in_half(self.staleness, name),
+        )
+
     def limited(self, limit: int | None) -> CaseSet:
         """At most `limit` cases of each kind (the first ones, so runs are comparable)."""
         if limit is None:
@@ -157,6 +178,18 @@ class CaseSet:
             indirect=self.indirect[:limit],
             staleness=self.staleness[:limit],
         )
+
+
+def half_of(case: Any) -> str:
+    """The half (A or B) a case falls in: the parity of the first byte of its text's SHA-256."""
+    text = case.text if isinstance(case, InjectionCase) else case.question
+    if isinstance(case, IndirectCase):
+        text = f"{case.attack}\n{case.question}"  # one e-mail carries several attacks
+    return HALVES[hashlib.sha256(text.encode("utf-8")).digest()[0] % 2]
+
+
+def _in_half(cases: tuple[Any, ...], name: str) -> tuple[Any, ...]:
+    return tuple(case for case in cases if half_of(case) == name)
 
 
 def truth_pages(truth: str) -> tuple[PageRef, ...]:

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from freshkb.core.config import Settings
-from freshkb.evaluation.cases import CaseError, CaseSet, IndirectCase, QaCase, load_cases
+from freshkb.evaluation.cases import (
+    CaseError,
+    CaseSet,
+    IndirectCase,
+    QaCase,
+    half_of,
+    load_cases,
+)
 from freshkb.evaluation.metrics import (
     DECLINED,
     INJECTION_BLOCKED,
@@ -28,6 +35,7 @@ from freshkb.evaluation.metrics import (
     first_rank,
     has_right_citation,
     summarise,
+    summarise_halves,
     token_f1,
     ungrounded,
 )
@@ -70,6 +78,7 @@ class EvalOptions:
     slo: Path | None = None  # None: settings.slo_path
     index_dir: Path | None = None  # keep the throw-away index here (reused); None: a temp dir
     weaviate_ports: tuple[int, int] = DEFAULT_PORTS  # HTTP, gRPC of the throw-away Weaviate
+    split: str = "all"  # A or B: only that half of the cases (evaluation/cases.py half_of)
     # Remember the injection guard's verdict on each retrieved passage's text, so a passage
     # retrieved for many cases is screened once: same verdicts, much less time, but the
     # screen stage's latency is then that of a service with a verdict cache.
@@ -88,6 +97,7 @@ class EvalResult:
     ignored: list[dict[str, str]]
     setup: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    halves: dict[str, dict[str, float]] = field(default_factory=dict)  # the figures per half
 
     @property
     def passed(self) -> bool:
@@ -110,6 +120,7 @@ class EvalResult:
             "ignored": self.ignored,
             "notes": self.notes,
             "metrics": self.metrics,
+            "halves": self.halves,
             "slo": [asdict(check) | {"status": check.status} for check in self.checks],
             "failures": [o.to_dict() for o in self.failures],
             "outcomes": [o.to_dict() for o in self.outcomes],
@@ -121,7 +132,7 @@ def run_evaluation(
 ) -> EvalResult:
     """Every case through the answer path, the figures, and the SLO checks."""
     report = progress or (lambda stage, done, total: None)
-    cases = load_cases(options.cases_dir).limited(options.limit)
+    cases = load_cases(options.cases_dir).half(options.split).limited(options.limit)
     if cases.total == 0:
         raise CaseError(
             f"{options.cases_dir}: no cases in it (files: {', '.join(cases.files) or 'none'}); "
@@ -216,7 +227,7 @@ def _run_cases(
 def _judge(runtime: Runtime, kind: str, case: Any, k: int) -> Outcome:
     """Ask one case's question and judge what came back."""
     question = case.text if kind == "injection" else case.question
-    outcome = _ask(runtime, kind, case.id, question, k)
+    outcome = replace(_ask(runtime, kind, case.id, question, k), half=half_of(case))
     if outcome.mode is None:
         return replace(outcome, problem=f"error: {outcome.error}")
     problems: list[str] = []
@@ -308,6 +319,10 @@ def _ask(runtime: Runtime, kind: str, case_id: str, question: str, k: int) -> Ou
         blocked=result.mode == "refused"
         and any(r.startswith(INJECTION_BLOCKED) for r in result.reasons),
     )
+    judged = result.trace.answerability
+    if judged is not None:
+        evidence = asdict(judged.evidence) | {"probability": round(judged.probability, 4)}
+        outcome = replace(outcome, answerability=evidence)
     by_chunk = {r.chunk_id: r for r in retrieved}
     cited = {c.label: by_chunk[c.chunk_id].text for c in result.citations if c.chunk_id in by_chunk}
     cited |= {c.label: "" for c in result.citations if c.chunk_id not in by_chunk}
@@ -366,10 +381,12 @@ def _result(
             "prompt_version": settings.prompt_version,
             "embedding_model": settings.embedding_model,
             "k": options.k,
+            "split": options.split,
             "index": "live" if options.live else "throw-away",
             "slo_file": str(slo.path),
             "queries_per_day": slo.queries_per_day,
             "seconds": round(seconds, 1),
         },
         notes=notes,
+        halves=summarise_halves(outcomes, options.k),
     )

@@ -69,6 +69,9 @@ class Outcome:
     carried: str | None = None  # indirect: "quoted" or "followed" the hidden instruction
     flagged: bool = False  # indirect: the tainted passage was left out as instructions
     problem: str = ""
+    half: str = ""  # A or B (evaluation/cases.py half_of)
+    # serving/answerability.py's evidence and probability (the answer path's judgement)
+    answerability: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable, passage texts clipped to 600 characters."""
@@ -208,6 +211,12 @@ def summarise(outcomes: Sequence[Outcome], k: int) -> dict[str, float]:
     figures |= _safety_figures(by_kind)
     figures |= _service_figures(outcomes)
     return {name: round(value, 6) for name, value in figures.items() if value is not None}
+
+
+def summarise_halves(outcomes: Sequence[Outcome], k: int) -> dict[str, dict[str, float]]:
+    """`summarise` of each half's outcomes (A: what was tuned on, B: the check), by half."""
+    halves = sorted({o.half for o in outcomes if o.half})
+    return {half: summarise([o for o in outcomes if o.half == half], k) for half in halves}
 
 
 def _retrieval_figures(qa: list[Outcome], k: int) -> dict[str, float | None]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from freshkb.core.durations import format_duration
 from freshkb.core.records import SourceKind
+from freshkb.serving.answerability import Judgement
 from freshkb.serving.answerer import Passage
 from freshkb.store.protocol import SearchHit
 from freshkb.validation.freshness import SourceFreshness
@@ -87,6 +88,7 @@ class AnswerTrace:
 
     question_vector: list[float] | None = None  # the retrieval's own, so nothing embeds twice
     llm_seconds: float = 0.0  # the LLM call itself, without waiting for a slot
+    answerability: Judgement | None = None  # whether the passages answer it, and the evidence
 
 
 @dataclass

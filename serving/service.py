@@ -6,8 +6,8 @@ Modes:
   sources left out, stale customer records left out, or the LLM down (an extractive answer
   quoting the best passages, with citations), or the freshness ledger unreadable (every
   source searched, and the answer says their freshness could not be checked).
-- escalated: the fresh knowledge base cannot answer (low retrieval confidence, the model says
-  the passages are insufficient, or every source is stale); the question goes to a human.
+- escalated: the fresh knowledge base cannot answer (its passages judged not to answer the
+  question, serving/answerability.py; the model finds them insufficient; every source stale).
 - refused: the question is a prompt-injection attempt, or plainly outside the knowledge base.
 """
 
@@ -27,6 +27,7 @@ from freshkb.embeddings.embedder import Embedder
 from freshkb.screening import InjectionGuard
 from freshkb.screening.output import OutputVerdict, screen_answer
 from freshkb.serving.answer_log import AnswerJournal
+from freshkb.serving.answerability import Decline, decline, judge_hits
 from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage, answer_deadline
 from freshkb.serving.costs import answer_cost
 from freshkb.serving.escalations import EscalationStore
@@ -210,11 +211,15 @@ class AnswerService:
         own_records_stale = note_left_out(result, selection, customer_id)
         with timed(seconds, "screen"):
             usable = self._without_flagged(result, hits)
-        best = max((hit.relevance or 0.0 for hit in usable), default=0.0)
-        result.best_relevance = best
-        result.signals += retrieval_signals(best, self.settings.answer_min_relevance)
-        if not usable or best < self.settings.answer_min_relevance:
-            return self._not_confident(result, question, customer_id, usable, bool(hits), best)
+        judgement = judge_hits(question, usable, self.settings)
+        result.best_relevance = judgement.evidence.best_relevance
+        result.trace.answerability = judgement
+        result.signals += retrieval_signals(
+            result.best_relevance, self.settings.answer_min_relevance, judgement.answerable
+        )
+        declined = decline(judgement, bool(result.stale_sources), not usable and not hits)
+        if declined is not None or not usable:
+            return self._decline(result, question, customer_id, usable, declined)
         passages = [
             Passage(f"S{n}", hit.uuid, hit.title, hit.text) for n, hit in enumerate(usable, 1)
         ]
@@ -256,27 +261,22 @@ class AnswerService:
             )
         return self._passage_verdicts[key]
 
-    def _not_confident(
+    def _decline(
         self,
         result: AnswerResult,
         question: str,
         customer_id: str | None,
         usable: list[SearchHit],
-        any_hits: bool,
-        best: float,
+        declined: Decline | None,
     ) -> AnswerResult:
-        """No passage is relevant enough: refused as off-topic, or escalated to a human."""
-        threshold = self.settings.answer_min_relevance
-        left_out = bool(result.stale_sources)
-        if not usable and left_out and not any_hits:
-            why = "no fresh source holds anything relevant (stale sources were left out)"
-        else:
-            why = f"best passage relevance {best:.2f} is below {threshold:.2f}"
-        if best < threshold * 0.6 and not left_out:
+        """Refused as off-topic, or escalated to a human, with why (the answerability rule)."""
+        if declined is None:  # every passage was left out as instructions: a human looks
+            declined = Decline("escalated", "every retrieved passage was left out")
+        if declined.mode == "refused":
             result.mode, result.answer = "refused", REFUSAL_OFF_TOPIC
-            result.reasons.append(f"outside the knowledge base: {why}")
+            result.reasons.append(declined.reason)
             return result
-        return self._escalate(result, question, customer_id, usable, why)
+        return self._escalate(result, question, customer_id, usable, declined.reason)
 
     def _serve(
         self,

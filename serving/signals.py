@@ -12,8 +12,9 @@ the metrics keep the names):
   it matches: the same content words, one of them negated ("can be returned" against "cannot
   be returned").
 - `low_retrieval_confidence`: the best passage's relevance (cosine with the question) was below
-  `answer_min_relevance` + LOW_CONFIDENCE_MARGIN: the answer was withheld for weak retrieval,
-  or given on retrieval barely above the bar.
+  `answer_min_relevance` + LOW_CONFIDENCE_MARGIN, or the passages were judged not to answer the
+  question (serving/answerability.py): the answer was withheld for weak retrieval, or given on
+  retrieval barely above the bar.
 
 A signal is evidence for review and for the hallucination rate, not a verdict: the service's
 own checks still decide what a customer sees.
@@ -99,9 +100,12 @@ def draft_signals(
     return signals
 
 
-def retrieval_signals(best_relevance: float | None, min_relevance: float) -> list[str]:
-    """The signals of retrieval alone."""
-    return [LOW_CONFIDENCE] if low_confidence(best_relevance, min_relevance) else []
+def retrieval_signals(
+    best_relevance: float | None, min_relevance: float, answerable: bool = True
+) -> list[str]:
+    """The signals of retrieval alone (`answerable`: the answerability judgement's verdict)."""
+    weak = low_confidence(best_relevance, min_relevance) or not answerable
+    return [LOW_CONFIDENCE] if weak else []
 
 
 def _sentences(text: str) -> list[str]:

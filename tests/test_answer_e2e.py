@@ -297,6 +297,17 @@ def test_out_of_scope_question_is_refused(runtime: Runtime) -> None:
     assert "Shakespeare" not in result.answer
 
 
+def test_question_the_store_does_not_cover_is_declined_saying_why(runtime: Runtime) -> None:
+    result = runtime.service.answer("Can I pay for my order in monthly instalments?")
+    assert result.mode == "escalated", result.reasons  # about orders, but no policy says
+    assert result.escalation_id and result.citations == []
+    (why,) = [r for r in result.reasons if r.startswith("not answerable from the knowledge base")]
+    assert "best passage relevance" in why and "instalments" in why, why
+    assert "low_retrieval_confidence" in result.signals
+    judged = result.trace.answerability
+    assert judged is not None and not judged.answerable and "instalments" in judged.evidence.missing
+
+
 def test_two_customers_never_see_each_others_records(runtime: Runtime) -> None:
     hits, _ = runtime.service.search("order status shipped delayed", "C-1", 10)
     customer_hits = [hit for hit in hits if hit.customer_id]

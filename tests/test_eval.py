@@ -9,6 +9,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -21,7 +22,7 @@ from scripted_llm import _Handler, scripted_answer
 from typer.testing import CliRunner
 
 from freshkb.cli.evaluation import evaluate
-from freshkb.evaluation.cases import CaseError, PageRef, load_cases, truth_pages
+from freshkb.evaluation.cases import CaseError, PageRef, half_of, load_cases, truth_pages
 from freshkb.evaluation.metrics import (
     Outcome,
     carried_instruction,
@@ -31,6 +32,7 @@ from freshkb.evaluation.metrics import (
     mean_reciprocal_rank,
     percentile,
     summarise,
+    summarise_halves,
     token_f1,
     ungrounded,
 )
@@ -118,6 +120,39 @@ def test_summary_rates_on_hand_made_outcomes() -> None:
     assert figures["hallucination_rate"] == pytest.approx(1 / 8)
     assert figures["availability"] == pytest.approx(8 / 9)
     assert "staleness_right_mode" not in figures  # no such cases: not measured, not 0 or 1
+
+
+@pytest.mark.timeout(10)
+def test_figures_are_reported_per_half_beside_the_whole() -> None:
+    outcomes = [
+        Outcome("q1", "qa", "?", "normal", rank=1, half="A"),
+        Outcome("q2", "qa", "?", "normal", rank=4, half="A"),
+        Outcome("q3", "qa", "?", "escalated", rank=None, half="B"),
+        Outcome("o1", "out_of_scope", "?", "refused", half="A"),
+        Outcome("o2", "out_of_scope", "?", "normal", half="B"),
+    ]
+    halves = summarise_halves(outcomes, k=5)
+    assert set(halves) == {"A", "B"}
+    assert (halves["A"]["page_hit_at_1"], halves["A"]["page_hit_at_5"]) == (0.5, 1.0)
+    assert halves["A"]["out_of_scope_declined"] == 1.0 and halves["A"]["false_refusal_rate"] == 0
+    assert (halves["B"]["page_hit_at_5"], halves["B"]["out_of_scope_declined"]) == (0.0, 0.0)
+    assert halves["B"]["false_refusal_rate"] == 1.0
+    assert summarise(outcomes, k=5)["page_hit_at_5"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.timeout(30)
+def test_dev_cases_split_into_two_stable_halves_by_their_text() -> None:
+    cases = load_cases(shared_dir() / "eval" / "dev")
+    a, b = cases.half("A"), cases.half("B")
+    for kind, group in cases.groups().items():
+        assert len(getattr(a, kind)) + len(getattr(b, kind)) == len(group), kind
+    assert min(len(a.qa), len(b.qa)) > 0.4 * len(cases.qa)  # both halves carry weight
+    assert min(len(a.out_of_scope), len(b.out_of_scope)) >= 5
+    assert {half_of(case) for case in a.qa} == {"A"}
+    # the half follows the text, not the line: the same question in another file is in the same half
+    assert half_of(replace(cases.qa[0], id="elsewhere:99")) == half_of(cases.qa[0])
+    with pytest.raises(CaseError, match="use A, B or all"):
+        cases.half("C")
 
 
 # -- case files and slo.yaml -----------------------------------------------------------------

@@ -110,3 +110,46 @@ def test_ensure_running_leaves_a_users_own_server_alone() -> None:
     announced: list[str] = []
     assert server.ensure_running(settings, announce=announced.append) is None
     assert announced == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_searches_go_through_the_alias_and_follow_a_switch_without_looking_it_up(
+    store: WeaviateStore, weaviate_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer service's store pins nothing: it queries the alias itself, so it looks the
+    # alias up only until one exists, and a promotion elsewhere takes effect on its next query.
+    from freshkb.store.collections import LiveCollections
+    from freshkb.store.connection import connect
+
+    lookups: list[LiveCollections] = []  # who looked an alias up (the writer does too)
+    looked_up = LiveCollections.alias_target
+
+    def counted(self: LiveCollections, kind: SourceKind) -> str | None:
+        lookups.append(self)
+        return looked_up(self, kind)
+
+    monkeypatch.setattr(LiveCollections, "alias_target", counted)
+    reader = WeaviateStore(connect(weaviate_settings))
+
+    def reader_lookups() -> int:
+        return sum(1 for live in lookups if live is reader._live)
+
+    try:
+        query = [1.0, 0.0, 0.0, 0.0]
+        assert reader.search("returns", query) == []  # nothing ingested yet: looked up again
+        store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
+        write(store, embedded("old.md", ["returns within thirty days"]))
+        assert [h.document_key for h in reader.search("returns", query)] == ["old.md"]
+        before = reader_lookups()
+        assert [h.document_key for h in reader.search("returns", query)] == ["old.md"]
+        assert reader_lookups() == before  # the alias is known to exist: no lookup per query
+
+        newer = store.create_version(SourceKind.DOCUMENTS, MODEL, DIM, "run-2")
+        store.use_collection(SourceKind.DOCUMENTS, newer)
+        write(store, embedded("new.md", ["returns within sixty days"]))
+        store.promote(SourceKind.DOCUMENTS, newer)
+        assert [h.document_key for h in reader.search("returns", query)] == ["new.md"]
+        assert reader_lookups() == before
+    finally:
+        reader.close()

@@ -66,6 +66,20 @@ IndexDirOption = Annotated[
     Path | None,
     typer.Option("--index-dir", help="Keep the throw-away index here, reused next time."),
 ]
+SplitOption = Annotated[
+    str,
+    typer.Option(
+        "--split", help="Only half A or B of the cases (by the hash of each case's text), or all."
+    ),
+]
+# Figures shown per half of the cases (tune on one half, check on the other)
+HALF_FIGURES = (
+    "page_hit_at_1",
+    "page_hit_at_5",
+    "mrr",
+    "out_of_scope_declined",
+    "false_refusal_rate",
+)
 HttpPortOption = Annotated[
     int, typer.Option("--weaviate-http-port", help="The throw-away Weaviate's HTTP port.")
 ]
@@ -87,6 +101,7 @@ def evaluate(  # noqa: PLR0913
     live: LiveFlag = False,
     report: ReportOption = None,
     index_dir: IndexDirOption = None,
+    split: SplitOption = "all",
     weaviate_http_port: HttpPortOption = 28180,
     weaviate_grpc_port: GrpcPortOption = 25151,
     config: ConfigOption = None,
@@ -108,6 +123,7 @@ def evaluate(  # noqa: PLR0913
         slo=slo,
         index_dir=index_dir,
         weaviate_ports=(weaviate_http_port, weaviate_grpc_port),
+        split=split,
     )
     try:
         settings = settings_for(config)
@@ -143,6 +159,9 @@ def show_result(result: EvalResult) -> None:
     for name in ALSO_SHOWN:
         if name in result.metrics and name not in shown:
             console.print(f"  {name:<34}{result.metrics[name]:.4g}", highlight=False)
+    for half, figures in result.halves.items():
+        shown_half = ", ".join(f"{n} {figures[n]:.4g}" for n in HALF_FIGURES if n in figures)
+        console.print(f"  half {half}: {shown_half}", highlight=False)
     counts = ", ".join(f"{count} {kind}" for kind, count in result.counts.items() if count)
     console.print(f"cases: {counts} ({result.setup['seconds']}s)", highlight=False)
     for item in result.ignored:
