@@ -31,7 +31,6 @@ exemplars of screening/data/exemplars in halves: A is the question detector's ne
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from freshkb.core.ids import text_half  # noqa: E402
 
 DEV_FILES = (
     "direct_injection.jsonl",
@@ -69,18 +70,14 @@ class Rates:
         }
 
 
-def half(text: str) -> str:
-    """A or B: the dev half a case falls in, by the sha256 of its text."""
-    return "AB"[hashlib.sha256(text.encode("utf-8")).digest()[0] % 2]
-
-
-def question_rates(verdicts: list) -> Rates:
-    """Blocked questions of a set, by rules, detector and both."""
+def verdict_rates(verdicts: list, outcome: str = "blocked") -> Rates:
+    """Texts caught by the rules, the detector and both (`outcome`: a question verdict's
+    "blocked", a document verdict's "flagged")."""
     return Rates(
         len(verdicts),
         sum(v.rules_hit for v in verdicts),
         sum(v.detector_hit for v in verdicts),
-        sum(v.blocked for v in verdicts),
+        sum(getattr(v, outcome) for v in verdicts),
     )
 
 
@@ -198,7 +195,7 @@ def public_figures(guard: object, cache: Path) -> dict[str, object]:
         groups[f"hand-written half {part} ({role}): attacks"] = list(exemplars.attacks)
         groups[f"hand-written half {part} ({role}): benign"] = list(exemplars.benign)
     screen = guard.screen_questions  # type: ignore[attr-defined]
-    return {name: question_rates(screen(texts)).as_dict() for name, texts in groups.items()}
+    return {name: verdict_rates(screen(texts)).as_dict() for name, texts in groups.items()}
 
 
 def evaluate(
@@ -221,13 +218,13 @@ def evaluate(
     direct_halves: dict[str, dict[str, float | int]] = {}
     for label in ("injection", "benign"):
         chosen = [v for row, v in zip(rows, verdicts, strict=True) if row["label"] == label]
-        direct[label] = question_rates(chosen)
+        direct[label] = verdict_rates(chosen)
         for part in "AB":
-            direct_halves[f"{label}_{part}"] = question_rates(
+            direct_halves[f"{label}_{part}"] = verdict_rates(
                 [
                     v
                     for row, v in zip(rows, verdicts, strict=True)
-                    if row["label"] == label and half(row["text"]) == part
+                    if row["label"] == label and text_half(row["text"]) == part
                 ]
             ).as_dict()
     misjudged = [
@@ -251,12 +248,7 @@ def evaluate(
     indirect_seconds = time.perf_counter() - started
 
     def doc_rates(found: list) -> Rates:
-        return Rates(
-            len(found),
-            sum(v.rules_hit for v in found),
-            sum(v.detector_hit for v in found),
-            sum(v.flagged for v in found),
-        )
+        return verdict_rates(found, "flagged")
 
     categories: dict[str, list[bool]] = {}
     for (category, _), verdict in zip(attacks, attacked, strict=True):
@@ -274,13 +266,13 @@ def evaluate(
             "detection_by_category": {c: sum(f) / len(f) for c, f in categories.items()},
             "halves": {
                 f"attack_{part}": doc_rates(
-                    [v for (_, a), v in zip(attacks, attacked, strict=True) if half(a) == part]
+                    [v for (_, a), v in zip(attacks, attacked, strict=True) if text_half(a) == part]
                 ).as_dict()
                 for part in "AB"
             }
             | {
                 f"clean_{part}": doc_rates(
-                    [v for c, v in zip(contexts, clean, strict=True) if half(c) == part]
+                    [v for c, v in zip(contexts, clean, strict=True) if text_half(c) == part]
                 ).as_dict()
                 for part in "AB"
             },

@@ -65,3 +65,9 @@ def tenant_name(customer_id: str) -> str:
         return customer_id
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", customer_id)[:40]
     return f"{safe}-{hashlib.sha256(customer_id.encode('utf-8')).hexdigest()[:16]}"
+
+
+def text_half(text: str) -> str:
+    """ "A" or "B", by the parity of the first byte of the text's SHA-256: the stable split of
+    evaluation cases and exemplars into a half to tune on and a half held out."""
+    return "AB"[hashlib.sha256(text.encode("utf-8")).digest()[0] % 2]

@@ -20,7 +20,6 @@ half when files are reordered or grow.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freshkb.core.errors import ConfigError
+from freshkb.core.ids import text_half
 
 # `[Benefit_Options.pdf#page=3]` or `[returns.md]`: the file, and the page when it has pages.
 TRUTH_CITATION = re.compile(r"\[([^\[\]#\s]+\.[A-Za-z0-9]+)(?:#page=(\d+))?\]")
@@ -185,7 +185,7 @@ def half_of(case: Any) -> str:
     text = case.text if isinstance(case, InjectionCase) else case.question
     if isinstance(case, IndirectCase):
         text = f"{case.attack}\n{case.question}"  # one e-mail carries several attacks
-    return HALVES[hashlib.sha256(text.encode("utf-8")).digest()[0] % 2]
+    return text_half(text)
 
 
 def _in_half(cases: tuple[Any, ...], name: str) -> tuple[Any, ...]:

@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass
 from importlib.resources import files
 
+from freshkb.core.ids import text_half
+
 EXEMPLAR_SETS = ("question_attacks", "question_benign", "document_attacks", "document_benign")
 # The sets the document detector is fitted on: a change to them means fitting again.
 FITTED_SETS = ("document_attacks", "document_benign")
@@ -45,20 +47,15 @@ def read_exemplars(name: str) -> tuple[str, ...]:
     return tuple(json.loads(line)["text"] for line in lines if line.strip())
 
 
-def exemplar_half(text: str) -> str:
-    """A or B by the sha256 of the text: the question detector's neighbour check uses half A of
-    the question exemplars, and half B stays a held-out check."""
-    return "AB"[hashlib.sha256(text.encode("utf-8")).digest()[0] % 2]
-
-
 def question_exemplars(half: str | None = None) -> Exemplars:
-    """Attacks typed into questions, and ordinary questions; only half A or B if given."""
+    """Attacks typed into questions, and ordinary questions; only half A or B if given
+    (core.ids.text_half: the question detector's neighbour check uses half A, B is held out)."""
     attacks, benign = read_exemplars("question_attacks"), read_exemplars("question_benign")
     if half is None:
         return Exemplars(attacks, benign)
     return Exemplars(
-        tuple(t for t in attacks if exemplar_half(t) == half),
-        tuple(t for t in benign if exemplar_half(t) == half),
+        tuple(t for t in attacks if text_half(t) == half),
+        tuple(t for t in benign if text_half(t) == half),
     )
 
 

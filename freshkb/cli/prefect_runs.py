@@ -54,7 +54,7 @@ def prefect_start_fix(detail: str) -> str:
     )
 
 
-def use_running_prefect_server(settings: Settings, announce: bool = True) -> str | None:
+def use_running_prefect_server(settings: Settings) -> str | None:
     """Point PREFECT_API_URL at freshkb's own Prefect server when it runs and the variable is
     unset (call before Prefect is imported); returns the URL used, if any."""
     if os.environ.get("PREFECT_API_URL"):
@@ -64,8 +64,7 @@ def use_running_prefect_server(settings: Settings, announce: bool = True) -> str
     api_url = running_api_url(PrefectServerConfig.from_env(settings))
     if api_url is not None:
         os.environ["PREFECT_API_URL"] = api_url
-        if announce:
-            from freshkb.cli.output import err
+        from freshkb.cli.output import err
 
-            err.print(f"runs go to the running Prefect server at {api_url}")
+        err.print(f"runs go to the running Prefect server at {api_url}")
     return api_url
