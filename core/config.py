@@ -79,6 +79,31 @@ class Settings(BaseSettings):
     ledger_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the freshness ledger; default SQLite"
     )
+    # scale-out (issue 14): shared state, a replicated Weaviate, batches run by a task runner
+    cache_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the vector and verdict caches shared by every worker "
+        "(PostgreSQL); default: SQLite files in the data directory",
+    )
+    weaviate_nodes: int = Field(
+        default=1, ge=1, description="nodes of the locally managed Weaviate (`weaviate up`)"
+    )
+    weaviate_replication_factor: int = Field(
+        default=1, ge=1, description="copies of each collection's objects; 3 on a 3-node cluster"
+    )
+    weaviate_write_consistency: Literal["ONE", "QUORUM", "ALL"] = "QUORUM"
+    weaviate_read_consistency: Literal["ONE", "QUORUM", "ALL"] = "ONE"
+    ingest_task_runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        description="what runs an ingest's batches at once: threads in the flow's process, or "
+        "the Dask cluster at ingest_dask_address (prefect-dask)",
+    )
+    ingest_dask_address: str | None = Field(
+        default=None, description="scheduler of an existing Dask cluster, tcp://host:8786"
+    )
+    ingest_parallel_batches: int = Field(
+        default=2, ge=1, description="batches of one source chunked, embedded and written at once"
+    )
 
     # answer service: an OpenAI-compatible chat completions endpoint (vLLM in production)
     llm_base_url: str = "http://127.0.0.1:8000/v1"
