@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     cache_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the vector and verdict caches shared by every worker "
-        "(PostgreSQL); default: SQLite files in the data directory",
+        "(PostgreSQL); default: SQLite files (embedding-cache.sqlite3 in the data directory, "
+        "screening/document-verdicts.sqlite3 in the cache directory)",
     )
     weaviate_nodes: int = Field(
         default=1, ge=1, description="nodes of the locally managed Weaviate (`weaviate up`)"

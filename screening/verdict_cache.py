@@ -3,38 +3,44 @@
 The detector key changes with anything a verdict depends on: the fitted detector (`fit_key`:
 exemplars, detector version, model), the rule table and the guard's thresholds, so a change to
 any of them screens every text again instead of reusing old verdicts. SQLite in the cache
-directory, in WAL mode so an ingest and a serve (or two ingests) can share it. The cache only
-saves time: a corrupt, locked or read-only file costs a re-screen, never the ingest.
+directory by default, in WAL mode so an ingest and a serve (or two ingests) can share it; with
+`cache_url` (PostgreSQL), a table every worker shares. The cache only saves time: a corrupt,
+locked or read-only file, or a database server that is down, costs a re-screen, never the ingest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from freshkb.core.config import Settings
 from freshkb.core.ids import content_hash
+from freshkb.core.keyed_blobs import KeyedBlobs
+from freshkb.core.sql import display_url, sqlite_url
 from freshkb.screening.guard import InjectionGuard
 from freshkb.screening.rules import RuleMatch
 from freshkb.screening.verdicts import DocumentVerdict, SuspiciousPassage
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS document_verdicts (
-    text_hash TEXT NOT NULL,
-    detector_key TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    PRIMARY KEY (text_hash, detector_key)
-) WITHOUT ROWID
-"""
-# SQLite's default limit on bound parameters per statement is 999 on old builds.
-_LOOKUP_BATCH = 500
+metadata = sa.MetaData()
+
+# The table earlier releases created in SQLite by hand: same names, so old caches still count.
+verdicts_table = sa.Table(
+    "document_verdicts",
+    metadata,
+    sa.Column("text_hash", sa.Text, primary_key=True),
+    sa.Column("detector_key", sa.Text, primary_key=True),
+    sa.Column("verdict", sa.Text, nullable=False),  # verdict_to_json
+    sqlite_with_rowid=False,
+)
+
 # Seconds to wait for another process's write: a screen without the cache is cheaper than a
 # long wait, and a lock held longer than this means something is wrong with that process.
 _BUSY_SECONDS = 2.0
@@ -69,65 +75,55 @@ def verdict_from_json(raw: str) -> DocumentVerdict:
 class VerdictCache:
     """A persistent map (text hash, detector key) -> document verdict; failures are misses."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._db: sqlite3.Connection | None = None
+    def __init__(self, location: Path | str):
+        """Open the cache in a SQLite file (a Path) or at a SQLAlchemy URL (a str)."""
+        self.url = sqlite_url(location) if isinstance(location, Path) else location
+        self._blobs: KeyedBlobs | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, timeout=_BUSY_SECONDS, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            db.commit()
-            self._db = db
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("%s: verdict cache unusable (%s); screening without it", path, exc)
+            self._blobs = KeyedBlobs(self.url, verdicts_table, "verdict", _BUSY_SECONDS)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            log.warning(
+                "%s: verdict cache unusable (%s); screening without it", display_url(self.url), exc
+            )
 
     def get_many(self, hashes: Sequence[str], detector_key: str) -> dict[str, DocumentVerdict]:
         """Cached verdicts for the hashes that have one under this detector key."""
-        wanted = list(dict.fromkeys(hashes))
-        found: dict[str, DocumentVerdict] = {}
-        if self._db is None:
-            return found
-        try:
-            for start in range(0, len(wanted), _LOOKUP_BATCH):
-                batch = wanted[start : start + _LOOKUP_BATCH]
-                rows = self._db.execute(
-                    "SELECT text_hash, verdict FROM document_verdicts WHERE detector_key = ?"
-                    f" AND text_hash IN ({','.join('?' * len(batch))})",
-                    [detector_key, *batch],
-                )
-                found.update((h, verdict_from_json(raw)) for h, raw in rows)
-        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: verdict cache unreadable (%s); screening again", self.path, exc)
+        if self._blobs is None:
             return {}
-        return found
+        try:
+            found = self._blobs.get_many(hashes, detector_key)
+            return {text_hash: verdict_from_json(raw) for text_hash, raw in found.items()}
+        except (sa.exc.SQLAlchemyError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "%s: verdict cache unreadable (%s); screening again", display_url(self.url), exc
+            )
+            return {}
 
     def put_many(self, items: Sequence[tuple[str, DocumentVerdict]], detector_key: str) -> None:
         """Save verdicts; a failure to save is logged, and costs the next run a re-screen."""
-        if self._db is None or not items:
+        if self._blobs is None or not items:
             return
+        rows = [{"text_hash": h, "verdict": verdict_to_json(v)} for h, v in items]
         try:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO document_verdicts (text_hash, detector_key, verdict) "
-                "VALUES (?, ?, ?)",
-                [(h, detector_key, verdict_to_json(v)) for h, v in items],
-            )
-            self._db.commit()
-        except sqlite3.Error as exc:
-            log.warning("%s: could not save verdicts (%s)", self.path, exc)
-            with contextlib.suppress(sqlite3.Error):
-                self._db.rollback()
+            self._blobs.put_many(detector_key, rows)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("%s: could not save verdicts (%s)", display_url(self.url), exc)
 
     def close(self) -> None:
-        """Close the database."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Release the database connections."""
+        if self._blobs is not None:
+            self._blobs.close()
+            self._blobs = None
 
 
 def verdict_cache_path(cache_dir: Path) -> Path:
     """Where the document verdicts are cached under the cache directory."""
     return cache_dir / "screening" / "document-verdicts.sqlite3"
+
+
+def open_verdict_cache(settings: Settings) -> VerdictCache:
+    """The verdict cache the settings name: `cache_url`, else the SQLite file in the cache dir."""
+    return VerdictCache(settings.cache_url or verdict_cache_path(settings.cache_dir))
 
 
 def screen_documents(

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from freshkb.core.errors import TransientError
 from freshkb.core.report import RunReport
 from freshkb.core.sources import SourceConfig
-from freshkb.core.sql import as_utc, sql_engine
+from freshkb.core.sql import as_utc, display_url, sql_engine, upsert
 from freshkb.validation.freshness import SourceFreshness, SyncHistory, assess, never_synced
 
 metadata = sa.MetaData()
@@ -95,14 +95,6 @@ def ledger_unavailable(url: str, exc: BaseException, consequence: str = "") -> L
     )
 
 
-def display_url(url: str) -> str:
-    """A database URL fit for messages: its password masked."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(an unparseable URL)"
-
-
 @dataclass(frozen=True)
 class IngestRun:
     """One ingest run of a source as the ledger recorded it."""
@@ -141,11 +133,9 @@ class Ledger:
             "last_flow_run_id": flow_run_id,
         }
         with self.engine.begin() as connection:
-            updated = connection.execute(
-                sa.update(sources_table).where(sources_table.c.name == source.name).values(values)
-            )
-            if updated.rowcount == 0:
-                connection.execute(sa.insert(sources_table).values(name=source.name, **values))
+            # One statement, not an update then an insert: two workers starting the first
+            # run of a source at once would both find no row, and the second insert would fail.
+            upsert(connection, sources_table, [{"name": source.name, **values}])
             run = connection.execute(
                 sa.insert(runs_table).values(
                     source=source.name,

@@ -136,3 +136,28 @@ class CountingEmbedder:
         """The inner embedder's vectors, counted."""
         self.embedded += len(texts)
         return list(self.inner.embed(texts))
+
+
+# A PostgreSQL server for the session (shared state on PostgreSQL, issue 14): away from the
+# customers-source test's own server (FRESHKB_TEST_PG_PORT) and a developer's 5432.
+TEST_POSTGRES_PORT = int(os.environ.get("FRESHKB_TEST_POSTGRES_PORT", "15433"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server for the whole session; the URL of its `postgres` database.
+
+    Tests that write take their own database from `postgres_database`."""
+    from postgres_server import postgres_server
+
+    with postgres_server(TEST_POSTGRES_PORT) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_server_url: str, request: pytest.FixtureRequest) -> str:
+    """The URL of an empty database, named after the test, on the session's PostgreSQL."""
+    from postgres_server import new_database
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:55]
+    return new_database(postgres_server_url, name)

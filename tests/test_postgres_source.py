@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+import sqlalchemy
+from postgres_server import postgres_server
 
 from freshkb.core.errors import ConfigError, TransientError
 from freshkb.core.records import SourceKind
@@ -22,54 +19,16 @@ pytestmark = [pytest.mark.integration]
 PG_PORT = int(os.environ.get("FRESHKB_TEST_PG_PORT", "15432"))
 
 
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        raise AssertionError(
-            f"PostgreSQL's {name} is not installed: apt-get install postgresql (.ci/run does)"
-        )
-    return found[-1]
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    """initdb refuses to run as root; run it as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A throw-away PostgreSQL cluster with a customers table and an orders table."""
-    # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
-    root = Path(tempfile.mkdtemp(prefix="freshkb-pg-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    subprocess.run(
-        _as_postgres([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "app"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {PG_PORT} -k {root} -c listen_addresses=127.0.0.1"
-    subprocess.run(
-        _as_postgres(
-            [
-                _pg_bin("pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-w",
-                "start",
-                "-l",
-                str(root / "pg.log"),
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    url = f"postgresql+psycopg://app@127.0.0.1:{PG_PORT}/postgres"
-    import sqlalchemy
+    with postgres_server(PG_PORT) as url:
+        _fill(url)
+        yield url
 
+
+def _fill(url: str) -> None:
+    """The customers and orders tables the tests read."""
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as connection:
         connection.execute(
@@ -97,12 +56,6 @@ def postgres_url() -> Iterator[str]:
             )
         )
     engine.dispose()
-    yield url
-    subprocess.run(
-        _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-        check=False,
-        capture_output=True,
-    )
 
 
 def test_postgres_table_records_attach_to_their_customer(postgres_url):

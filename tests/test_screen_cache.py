@@ -102,7 +102,8 @@ def test_shipped_parameters_mean_no_fit_and_no_start_up_write(
 def test_cached_verdicts_equal_fresh_ones_and_skip_the_detector(
     counting: CountingEmbedder, guard: InjectionGuard, tmp_path: Path
 ):
-    cache = VerdictCache(tmp_path / "verdicts.sqlite3")
+    path = tmp_path / "verdicts.sqlite3"
+    cache = VerdictCache(path)
     before = counting.embedded
     fresh = screen_documents(guard, TEXTS, cache)
     assert counting.embedded > before
@@ -110,7 +111,7 @@ def test_cached_verdicts_equal_fresh_ones_and_skip_the_detector(
     assert fresh == guard.inspect_documents(TEXTS)
 
     before = counting.embedded
-    again = screen_documents(guard, [*TEXTS, TEXTS[0]], VerdictCache(cache.path))
+    again = screen_documents(guard, [*TEXTS, TEXTS[0]], VerdictCache(path))
     assert counting.embedded == before  # every verdict from the cache
     assert again == [*fresh, fresh[0]]  # passages, scores and rule matches round-trip
 
@@ -129,8 +130,9 @@ def test_corrupt_or_locked_cache_costs_a_rescreen_not_the_screen(
     corrupt.write_bytes(b"not a database at all" * 100)
     assert screen_documents(guard, TEXTS, VerdictCache(corrupt)) == expected
 
-    locked = VerdictCache(tmp_path / "locked.sqlite3")
-    holder = sqlite3.connect(locked.path)
+    locked_path = tmp_path / "locked.sqlite3"
+    locked = VerdictCache(locked_path)
+    holder = sqlite3.connect(locked_path)
     holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write
     try:
         assert screen_documents(guard, TEXTS, locked) == expected
