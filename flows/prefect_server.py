@@ -5,7 +5,8 @@ Schedules only fire on a real server, and a worker is what runs a deployment's f
 `freshkb prefect up` starts both on 127.0.0.1 as managed processes (pid and log files in their
 PREFECT_HOME), creates the work pool when it is missing, and waits until the worker is online.
 The server keeps its own PREFECT_HOME (database, settings) under freshkb's data directory,
-unless the user set one.
+unless the user set one. More workers on the same pool: flows/workers.py (`freshkb workers up
+--n N`); `down` stops every one of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,10 +53,12 @@ class PrefectServerConfig:
         port = int(os.environ.get("FRESHKB_PREFECT_PORT") or 4200)
         return cls(home=Path(home).expanduser(), port=port)
 
-    @property
-    def worker_name(self) -> str:
-        """The worker's name in the pool."""
-        return f"freshkb-worker-{self.port}"
+    def worker_name(self, number: int = 1) -> str:
+        """Worker `number`'s name in the pool; the first is the one `prefect up` starts."""
+        return f"freshkb-worker-{self._worker_suffix(number)}"
+
+    def _worker_suffix(self, number: int) -> str:
+        return str(self.port) if number == 1 else f"{self.port}-{number}"
 
     @property
     def ui_url(self) -> str:
@@ -75,15 +79,24 @@ class PrefectServerConfig:
             signal_group=True,
         )
 
-    def worker_process(self) -> ManagedProcess:
-        """The worker's pid and log files; a Prefect worker shuts down on SIGINT."""
+    def worker_process(self, number: int = 1) -> ManagedProcess:
+        """Worker `number`'s pid and log files; a Prefect worker shuts down on SIGINT."""
+        suffix = self._worker_suffix(number)
         return ManagedProcess(
-            pid_file=self.home / f"freshkb-prefect-worker-{self.port}.pid",
-            log_file=self.home / f"prefect-worker-{self.port}.log",
+            pid_file=self.home / f"freshkb-prefect-worker-{suffix}.pid",
+            log_file=self.home / f"prefect-worker-{suffix}.log",
             signature=b"worker\x00start",
             signal_group=True,
             stop_signal=signal.SIGINT,
         )
+
+    def worker_numbers(self) -> list[int]:
+        """The numbers of the workers that have a pid file (started, maybe since dead)."""
+        numbers = [1] if self.worker_process(1).pid_file.exists() else []
+        for pid_file in self.home.glob(f"freshkb-prefect-worker-{self.port}-*.pid"):
+            number = pid_file.stem.rsplit("-", 1)[-1]
+            numbers += [int(number)] if number.isdigit() else []
+        return sorted(numbers)
 
 
 @dataclass(frozen=True)
@@ -149,17 +162,17 @@ def target_api_url(config: PrefectServerConfig) -> str:
 
 def up(config: PrefectServerConfig) -> PrefectStatus:
     """Start the server (unless it runs), create the work pool, start a worker on it."""
-    _start_server(config)
+    start_server(config)
     ensure_pool(config.api_url, config.pool)
-    _start_worker(config)
+    start_workers(config, [1])
     return status(config)
 
 
 def down(config: PrefectServerConfig, timeout: float = 30.0) -> bool:
-    """Stop the worker, then the server; True if either was running."""
-    worker = config.worker_process().stop(timeout)
+    """Stop every worker, then the server; True if any of them was running."""
+    workers = [config.worker_process(n).stop(timeout) for n in config.worker_numbers()]
     server = config.server_process().stop(timeout)
-    return worker or server
+    return any(workers) or server
 
 
 def status(config: PrefectServerConfig) -> PrefectStatus:
@@ -238,7 +251,8 @@ def _prefect_env(config: PrefectServerConfig) -> dict[str, str]:
     return env
 
 
-def _start_server(config: PrefectServerConfig) -> None:
+def start_server(config: PrefectServerConfig) -> None:
+    """Start the server unless it runs; a ConfigError if another server holds the port."""
     managed = config.server_process()
     if managed.is_alive() and is_healthy(config.api_url):
         return
@@ -262,38 +276,71 @@ def _start_server(config: PrefectServerConfig) -> None:
         )
 
 
-def _start_worker(config: PrefectServerConfig) -> None:
-    managed = config.worker_process()
-    if managed.is_alive():
-        return
-    command = [config.python, "-m", "prefect", "worker", "start"]
-    command += ["--pool", config.pool, "--type", "process", "--name", config.worker_name]
+def start_workers(
+    config: PrefectServerConfig, numbers: list[int], limit: int | None = None
+) -> None:
+    """Start the workers `numbers` that do not run, all at once, and wait until each is online.
+
+    With `limit`, a worker runs at most that many flow runs at a time, so the others take the
+    rest: `--limit 1` spreads a burst of runs over the workers.
+    """
     started = datetime.now(UTC)
-    process = managed.start(command, _prefect_env(config))
-    if not managed.wait_ready(
-        process,
-        lambda: _worker_online(config, since=started),
-        config.startup_timeout,
-        name="Prefect worker",
-    ):
-        managed.stop(10)
-        raise TransientError(
-            f"the Prefect worker did not come online on pool {config.pool} within "
-            f"{config.startup_timeout:.0f}s; see {managed.log_file}"
-        )
+    waiting = []
+    for number in numbers:
+        managed = config.worker_process(number)
+        if managed.is_alive():
+            continue
+        command = [config.python, "-m", "prefect", "worker", "start", "--pool", config.pool]
+        command += ["--type", "process", "--name", config.worker_name(number)]
+        command += [] if limit is None else ["--limit", str(limit)]
+        waiting.append((number, managed, managed.start(command, _prefect_env(config))))
+    for number, managed, process in waiting:
+        online = partial(_worker_online, config, config.worker_name(number), started)
+        if not managed.wait_ready(
+            process, online, config.startup_timeout, name=config.worker_name(number)
+        ):
+            managed.stop(10)
+            raise TransientError(
+                f"the Prefect worker {config.worker_name(number)} did not come online on pool "
+                f"{config.pool} within {config.startup_timeout:.0f}s; see {managed.log_file}"
+            )
 
 
-def _worker_online(config: PrefectServerConfig, since: datetime) -> bool:
-    """True once our worker has sent a heartbeat since `since` (an earlier one of the same
-    name can still be listed online)."""
+def _worker_online(config: PrefectServerConfig, name: str, since: datetime) -> bool:
+    """True once the worker `name` has sent a heartbeat since `since` (an earlier one of the
+    same name can still be listed online)."""
+    return any(
+        worker.name == name
+        and worker.online
+        and worker.heartbeat_at is not None
+        and worker.heartbeat_at >= since
+        for worker in pool_workers(config)
+    )
+
+
+@dataclass(frozen=True)
+class PoolWorker:
+    """A worker as the server knows it: its name, and whether it sent a heartbeat lately."""
+
+    name: str
+    online: bool
+    heartbeat_at: datetime | None
+
+
+def pool_workers(config: PrefectServerConfig) -> list[PoolWorker]:
+    """The workers of the pool the server lists, by name."""
     from prefect.client.schemas.objects import WorkerStatus
 
     with api_client(config.api_url) as client:
         workers = client.read_workers_for_work_pool(config.pool)
-    return any(
-        worker.name == config.worker_name
-        and worker.status == WorkerStatus.ONLINE
-        and worker.last_heartbeat_time is not None
-        and worker.last_heartbeat_time >= since
-        for worker in workers
+    return sorted(
+        (
+            PoolWorker(
+                worker.name,
+                worker.status == WorkerStatus.ONLINE,
+                worker.last_heartbeat_time,
+            )
+            for worker in workers
+        ),
+        key=lambda worker: worker.name,
     )

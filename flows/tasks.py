@@ -7,7 +7,7 @@ retrying.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -15,10 +15,11 @@ from typing import Any, TypeVar, cast
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from freshkb.core.config import Settings
-from freshkb.core.errors import DataError, TransientError
+from freshkb.core.errors import ConfigError, DataError, TransientError
 from freshkb.core.progress import stage_progress
 from freshkb.core.records import (
     Chunk,
@@ -30,13 +31,13 @@ from freshkb.core.records import (
     SyncPlan,
 )
 from freshkb.core.sources import AnySource, SourceConfig
-from freshkb.embeddings.cache import VectorCache
+from freshkb.embeddings.cache import open_vector_cache
 from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
 from freshkb.embeddings.embed import EmbedStats, embed_chunks
 from freshkb.embeddings.embedder import Embedder, select_embedder
 from freshkb.loaders import loader_for
 from freshkb.screening import load_guard
-from freshkb.screening.verdict_cache import VerdictCache, screen_documents, verdict_cache_path
+from freshkb.screening.verdict_cache import open_verdict_cache, screen_documents
 from freshkb.store.sync import plan_sync
 from freshkb.store.weaviate_store import WeaviateStore, WriteResult, open_store
 from freshkb.validation.gate import ValidationOutcome, validate_load
@@ -71,6 +72,32 @@ def run_task(stage: Task[..., R], *args: Any) -> R:
     if isinstance(stage, Task):
         return cast(R, cast(Any, stage)(*(quote(arg) for arg in args)))
     return cast(R, cast(Any, stage)(*args))
+
+
+def run_inline(stage: Task[..., R] | Callable[..., R], *args: Any) -> R:
+    """Run a stage's plain function inside the task that calls it: no task run of its own, so
+    no Prefect bookkeeping and no walk of its arguments (the batch task's stages)."""
+    function = stage.fn if isinstance(stage, Task) else stage
+    return cast(R, function(*args))
+
+
+def batch_runner(settings: Settings) -> TaskRunner[Any]:
+    """The task runner of an ingest's batches: a thread pool, or the configured Dask cluster.
+
+    A Dask worker runs Prefect's task engine, so it needs PREFECT_API_URL set to the server the
+    flow reports to (else each worker process starts a temporary server of its own), and the
+    same freshkb installation (`scripts/setup`) to import the tasks from.
+    """
+    if settings.ingest_task_runner == "dask":
+        if not settings.ingest_dask_address:
+            raise ConfigError(
+                "ingest_task_runner is dask but ingest_dask_address is not set: set "
+                "FRESHKB_INGEST_DASK_ADDRESS to the scheduler (tcp://host:8786), or use threads"
+            )
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=settings.ingest_dask_address)
+    return ThreadPoolTaskRunner(max_workers=settings.ingest_parallel_batches)
 
 
 @dataclass(frozen=True)
@@ -175,7 +202,7 @@ def screen_task(settings: Settings, chunks: list[Chunk]) -> list[Chunk]:
     answer path never puts them in front of the LLM.
     """
     guard = load_guard(cache_dir=settings.cache_dir)  # its own bundled model, any index model
-    cache = VerdictCache(verdict_cache_path(settings.cache_dir))
+    cache = open_verdict_cache(settings)
     try:
         verdicts = screen_documents(guard, [chunk.text for chunk in chunks], cache)
     finally:
@@ -191,7 +218,7 @@ def screen_task(settings: Settings, chunks: list[Chunk]) -> list[Chunk]:
 @task(name="embed", **TASK_OPTIONS)
 def embed_task(settings: Settings, chunks: list[Chunk]) -> tuple[list[EmbeddedChunk], EmbedStats]:
     """Embed chunks in batches; cached vectors are reused."""
-    cache = VectorCache(settings.embedding_cache_path)
+    cache = open_vector_cache(settings)
     try:
         with stage_progress("embed") as advance:
             return embed_chunks(chunks, embedder_for(settings), cache, advance)

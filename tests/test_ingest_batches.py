@@ -79,3 +79,41 @@ def test_batch_size_and_partition_processes_come_from_the_environment(monkeypatc
     monkeypatch.setenv("FRESHKB_INGEST_BATCH_DOCUMENTS", "0")
     with pytest.raises(ValueError, match="ingest_batch_documents"):
         Settings()
+
+
+@pytest.mark.timeout(30)
+def test_batches_run_on_threads_by_default_or_on_the_configured_dask_scheduler():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from freshkb.flows.tasks import batch_runner
+
+    threads = batch_runner(Settings(ingest_parallel_batches=3))
+    assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
+    dask = batch_runner(Settings(ingest_task_runner="dask", ingest_dask_address="tcp://h:8786"))
+    assert isinstance(dask, DaskTaskRunner) and dask.address == "tcp://h:8786"
+
+
+@pytest.mark.timeout(30)
+def test_a_batch_is_handed_to_threads_quoted_and_to_dask_as_it_is():
+    """Quoted, Prefect does not walk a batch's documents looking for futures; Dask unpacks a
+    quote (a namedtuple) into a bare tuple, so it gets the plain values."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect.utilities.annotations import quote
+    from prefect_dask import DaskTaskRunner
+
+    from freshkb.core.sources import parse_source
+    from freshkb.embeddings.chunking import ChunkingPolicy
+    from freshkb.flows.ingest import IngestRun, batch_parameters
+    from freshkb.flows.tasks import ModelInfo
+
+    doc = _doc("a.md", "a")
+    batch = next(write_batches(plan_sync("kb", [doc], [], {}), 8))
+    source = parse_source({"name": "kb", "kind": "documents", "location": ".", "owner": "t"})
+    run = IngestRun(Settings(), source, "run")
+    model, policy = ModelInfo("m", 384, 256), ChunkingPolicy.for_window(256, 1000)
+    quoted = batch_parameters(ThreadPoolTaskRunner(), run, model, policy, batch)
+    assert all(isinstance(value, quote) for value in quoted.values())
+    assert quoted["batch"].unquote() is batch
+    plain = batch_parameters(DaskTaskRunner(address="tcp://h:1"), run, model, policy, batch)
+    assert plain == {"run": run, "model": model, "policy": policy, "batch": batch}

@@ -24,6 +24,7 @@ from freshkb.cli.prefect_ops import PREFECT, deploy
 from freshkb.cli.prefect_runs import allow_slow_prefect_start
 from freshkb.cli.review import drift, review_app
 from freshkb.cli.servers import LLM, WEAVIATE, server_commands
+from freshkb.cli.workers import workers_app
 
 allow_slow_prefect_start()  # before any command imports Prefect
 
@@ -48,6 +49,7 @@ app.command("sources")(ingestion.sources)
 app.command("upload")(uploads.upload)
 app.add_typer(server_commands(PREFECT), name="prefect")
 app.command("deploy")(deploy)
+app.add_typer(workers_app, name="workers")
 app.add_typer(monitoring.answers_app, name="answers")
 app.command("cost")(monitoring.cost)
 app.add_typer(review_app, name="review")

@@ -25,7 +25,8 @@ from .harness import (
 pytestmark = [pytest.mark.integration]
 
 SOURCE = "batched"
-TWO_PER_BATCH = {"FRESHKB_INGEST_BATCH_DOCUMENTS": "2"}
+# One batch after the other, so the kill lands between two batches.
+TWO_PER_BATCH = {"FRESHKB_INGEST_BATCH_DOCUMENTS": "2", "FRESHKB_INGEST_PARALLEL_BATCHES": "1"}
 WRITE_STAGES = ("chunk", "screen", "embed", "write")
 
 
