@@ -18,7 +18,7 @@ from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.query_batching import BatchedEmbedder
 from freshkb.serving.service import AnswerService
 from freshkb.store.ledger import Ledger
-from freshkb.store.weaviate_store import WeaviateStore, connect
+from freshkb.store.weaviate_store import WeaviateStore
 
 
 @dataclass
@@ -80,7 +80,7 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
     answerer = OpenAICompatibleAnswerer(settings)
     service = AnswerService(
         settings=settings,
-        store=WeaviateStore(connect(settings)),
+        store=WeaviateStore.connected(settings),
         embedder=embedder,
         ledger=Ledger(settings.ledger_database_url),
         escalations=EscalationStore(settings.ledger_database_url),

@@ -1,16 +1,23 @@
-"""Which physical collection each kind reads and writes, and handles scoped to one customer."""
+"""Which physical collection each kind reads and writes, and handles scoped to one customer.
+
+Handles carry a consistency level: reads (queries, fetches, counts) the configured read level,
+writes the configured write level (QUORUM: a write holds once most copies have it, so it
+survives the loss of one node of three).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import weaviate
+from weaviate.classes.config import ConsistencyLevel
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 
 from freshkb.core import ids
 from freshkb.core.errors import ConfigError
 from freshkb.core.records import SourceKind
+from freshkb.store.cluster import SINGLE_COPY, Replication, through_election
 from freshkb.store.schema import ALIASES
 
 _TENANTS_PER_REQUEST = 100
@@ -19,8 +26,9 @@ _TENANTS_PER_REQUEST = 100
 class LiveCollections:
     """The collections in use: the alias targets, unless a rebuild named another version."""
 
-    def __init__(self, client: weaviate.WeaviateClient):
+    def __init__(self, client: weaviate.WeaviateClient, replication: Replication = SINGLE_COPY):
         self.client = client
+        self.replication = replication
         # Pinned per kind once known: a rebuild's target, or the alias target at schema time.
         self.physical: dict[SourceKind, str] = {}
         self.dimension: dict[SourceKind, int] = {}
@@ -34,7 +42,11 @@ class LiveCollections:
 
     def alias_target(self, kind: SourceKind) -> str | None:
         """The collection the alias of `kind` points at on the server, if any."""
-        existing = self.client.alias.get(alias_name=ALIASES[kind])
+        # A strongly consistent read, served by the Raft leader: it too waits out an election.
+        alias = ALIASES[kind]
+        existing = through_election(
+            lambda: self.client.alias.get(alias_name=alias), f"looking up alias {alias}"
+        )
         return existing.collection if existing else None
 
     def live_collection(self, kind: SourceKind) -> str | None:
@@ -51,28 +63,41 @@ class LiveCollections:
         a round trip of its own. Only whether the alias exists is remembered.
         """
         if kind in self.physical:
-            return self.client.collections.get(self.physical[kind])
+            return self._read(self.physical[kind])
         if kind not in self._aliased:
             if self.alias_target(kind) is None:
                 return None
             self._aliased.add(kind)
-        return self.client.collections.get(ALIASES[kind])
+        return self._read(ALIASES[kind])
 
     def forget_aliases(self) -> None:
         """Look the aliases up again on the next query (after a failed one: one may be gone)."""
         self._aliased.clear()
 
     def collection(self, kind: SourceKind, customer_id: str | None = None) -> Collection:
-        """The collection of `kind`; for customers, only the shard of `customer_id`."""
+        """The collection of `kind` to read; for customers, only the shard of `customer_id`."""
+        return self._scoped(kind, customer_id, self.replication.read)
+
+    def writer(self, kind: SourceKind, customer_id: str | None = None) -> Collection:
+        """The collection of `kind` to write, at the write consistency level."""
+        return self._scoped(kind, customer_id, self.replication.write)
+
+    def _scoped(
+        self, kind: SourceKind, customer_id: str | None, level: ConsistencyLevel
+    ) -> Collection:
         name = self.live_collection(kind)
         if name is None:
             raise ConfigError(f"no {ALIASES[kind]} collection yet: run `freshkb ingest` first")
-        collection = self.client.collections.get(name)
+        collection = self.client.collections.get(name).with_consistency_level(level)
         if kind is SourceKind.CUSTOMERS:
             if customer_id is None:
                 raise ValueError("customer records are only reachable through a customer id")
             return collection.with_tenant(ids.tenant_name(customer_id))
         return collection
+
+    def _read(self, name: str) -> Collection:
+        """Collection `name` at the read consistency level."""
+        return self.client.collections.get(name).with_consistency_level(self.replication.read)
 
     def shards(self, kind: SourceKind) -> list[Collection]:
         """Every shard of `kind` to scan: the collection, or each customer's tenant."""
@@ -81,7 +106,7 @@ class LiveCollections:
             return []
         if kind is SourceKind.DOCUMENTS:
             return [self.collection(kind)]
-        base = self.client.collections.get(name)
+        base = self._read(name)
         return [base.with_tenant(tenant) for tenant in self.tenants(kind)]
 
     def tenants(self, kind: SourceKind) -> list[str]:

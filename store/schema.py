@@ -9,15 +9,29 @@ later rebuild can fill a new collection and switch the alias):
   does not name a tenant, so a search for customer A cannot reach customer B's shard, whatever
   filter a caller forgets.
 
-Vectors are supplied by freshkb (no vectorizer module).
+Vectors are supplied by freshkb (no vectorizer module). On a cluster each collection keeps
+`weaviate_replication_factor` copies of every object, repaired in the background (async
+replication) so a node that was down catches up on what it missed.
 """
 
 from __future__ import annotations
 
-import weaviate
-from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
+from functools import partial
 
+import weaviate
+from weaviate.classes.config import (
+    Configure,
+    DataType,
+    Property,
+    ReplicationDeletionStrategy,
+    Tokenization,
+    VectorDistances,
+)
+from weaviate.exceptions import UnexpectedStatusCodeError
+
+from freshkb.core.errors import ConfigError
 from freshkb.core.records import SourceKind
+from freshkb.store.cluster import SINGLE_COPY, Replication, check_replication, through_election
 
 POLICY_ALIAS = "PolicyChunk"
 CUSTOMER_ALIAS = "CustomerRecord"
@@ -25,20 +39,52 @@ ALIASES = {SourceKind.DOCUMENTS: POLICY_ALIAS, SourceKind.CUSTOMERS: CUSTOMER_AL
 
 
 def create_collection(
-    client: weaviate.WeaviateClient, name: str, kind: SourceKind, description: str
+    client: weaviate.WeaviateClient,
+    name: str,
+    kind: SourceKind,
+    description: str,
+    replication: Replication = SINGLE_COPY,
 ) -> None:
-    """Create an empty collection of `kind`: self-provided cosine vectors, tenants if customers."""
-    client.collections.create(
-        name,
-        description=description,
-        properties=collection_properties(kind),
-        vector_config=Configure.Vectors.self_provided(
-            vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
-        ),
-        multi_tenancy_config=Configure.multi_tenancy(enabled=True)
-        if kind is SourceKind.CUSTOMERS
-        else None,
-    )
+    """Create an empty collection of `kind`: self-provided cosine vectors, tenants if customers,
+    `replication.factor` copies of each object; retried through a Raft leader election."""
+    check_replication(client, replication.factor)
+
+    def create() -> None:
+        if client.collections.exists(name):  # a try cut off after the server created it
+            return
+        client.collections.create(
+            name,
+            description=description,
+            properties=collection_properties(kind),
+            vector_config=Configure.Vectors.self_provided(
+                vector_index_config=Configure.VectorIndex.hnsw(
+                    distance_metric=VectorDistances.COSINE
+                )
+            ),
+            multi_tenancy_config=Configure.multi_tenancy(enabled=True)
+            if kind is SourceKind.CUSTOMERS
+            else None,
+            replication_config=Configure.replication(
+                factor=replication.factor,
+                async_enabled=True,
+                # A node that missed a delete must not bring the object back when it returns:
+                # the later of the write and the delete wins.
+                deletion_strategy=ReplicationDeletionStrategy.TIME_BASED_RESOLUTION,
+            )
+            if replication.factor > 1
+            else None,
+        )
+
+    try:
+        through_election(create, f"creating collection {name}")
+    except UnexpectedStatusCodeError as exc:
+        if "enough weaviate nodes" in str(exc):  # nodes lost between the check and the call
+            check_replication(client, replication.factor)
+            raise ConfigError(
+                f"creating {name} with weaviate_replication_factor {replication.factor}: {exc}; "
+                "lower FRESHKB_WEAVIATE_REPLICATION_FACTOR or start more Weaviate nodes"
+            ) from exc
+        raise
 
 
 def add_missing_properties(client: weaviate.WeaviateClient, name: str, kind: SourceKind) -> None:
@@ -47,7 +93,8 @@ def add_missing_properties(client: weaviate.WeaviateClient, name: str, kind: Sou
     present = {prop.name for prop in collection.config.get().properties}
     for prop in collection_properties(kind):
         if prop.name not in present:
-            collection.config.add_property(prop)
+            add = partial(collection.config.add_property, prop)
+            through_election(add, f"adding property {prop.name} to {name}")
 
 
 def collection_properties(kind: SourceKind) -> list[Property]:

@@ -22,6 +22,13 @@ import httpx
 from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, TransientError
 from freshkb.core.processes import ManagedProcess
+from freshkb.store.cluster import (
+    WeaviateNode,
+    cluster_env,
+    managed_node,
+    managed_nodes,
+    raft_leader,
+)
 
 WEAVIATE_MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
 
@@ -37,6 +44,24 @@ class ServerStatus:
     version: str | None
     data_dir: str | None
     binary: str | None
+    nodes: tuple[NodeStatus, ...] = ()  # each managed node; empty for WEAVIATE_URL
+    leader: str | None = None  # the Raft leader's node name, as the first ready node sees it
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One managed node: its ports, process and readiness."""
+
+    name: str
+    url: str
+    http_port: int
+    grpc_port: int
+    internal_ports: tuple[int, ...]  # gossip, data, Raft, Raft internal RPC
+    pid: int | None
+    running: bool
+    ready: bool
+    data_dir: str
+    log: str
 
 
 def binary_path(settings: Settings) -> Path:
@@ -84,42 +109,30 @@ def build_binary(settings: Settings, log: Path | None = None) -> tuple[Path, flo
     return target, time.monotonic() - started
 
 
-def _ports(settings: Settings) -> dict[str, str]:
-    """Every port the server binds, all derived from the HTTP and gRPC ports so two instances
-    with different HTTP ports never collide (tests run their own beside a user's)."""
-    http = settings.weaviate_http_port
-    return {
-        "GRPC_PORT": str(settings.weaviate_grpc_port),
-        "CLUSTER_GOSSIP_BIND_PORT": str(http + 100),
-        "CLUSTER_DATA_BIND_PORT": str(http + 101),
-        "RAFT_PORT": str(http + 102),
-        "RAFT_INTERNAL_RPC_PORT": str(http + 103),
-    }
-
-
-def server_env(settings: Settings) -> dict[str, str]:
-    """Environment of the managed server: loopback only, no modules, no telemetry."""
+def server_env(
+    settings: Settings, node: WeaviateNode | None = None, nodes: list[WeaviateNode] | None = None
+) -> dict[str, str]:
+    """Environment of a managed node (node 0 by default) of `nodes` (default: as configured):
+    loopback only, no modules, no telemetry, its own ports and data directory."""
+    nodes = nodes or managed_nodes(settings)
+    node = node or nodes[0]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
-        "PERSISTENCE_DATA_PATH": str(settings.weaviate_data_dir),
         "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
         "DEFAULT_VECTORIZER_MODULE": "none",
         "ENABLE_MODULES": "",
         "DISABLE_TELEMETRY": "true",
         "QUERY_DEFAULTS_LIMIT": "25",
-        "CLUSTER_HOSTNAME": "freshkb-node1",
         "CLUSTER_IN_LOCALHOST": "true",
         "CLUSTER_BIND_ADDR": "127.0.0.1",
         "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
-        "RAFT_BOOTSTRAP_EXPECT": "1",
         "GO_PROFILING_DISABLE": "true",
         "PROMETHEUS_MONITORING_ENABLED": "false",
         "LOG_LEVEL": "warning",
         "LIMIT_RESOURCES": "true",
     }
-    env.update(_ports(settings))
-    env["RAFT_JOIN"] = f"freshkb-node1:{env['RAFT_INTERNAL_RPC_PORT']}"
+    env.update(cluster_env(node, nodes))
     return env
 
 
@@ -137,12 +150,25 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def managed_process(settings: Settings) -> ManagedProcess:
-    """The managed server's pid and log files, in its data directory."""
+def node_process(node: WeaviateNode) -> ManagedProcess:
+    """A managed node's pid and log files, in its data directory."""
     return ManagedProcess(
-        pid_file=settings.weaviate_data_dir / "freshkb-weaviate.pid",
-        log_file=settings.weaviate_data_dir / "weaviate.log",
+        pid_file=node.data_dir / "freshkb-weaviate.pid",
+        log_file=node.data_dir / "weaviate.log",
     )
+
+
+def managed_process(settings: Settings) -> ManagedProcess:
+    """The pid and log files of the managed server's first (or only) node."""
+    return node_process(managed_nodes(settings, 1)[0])
+
+
+def known_nodes(settings: Settings) -> list[WeaviateNode]:
+    """The managed nodes: as many as configured, and more if earlier `up --nodes` left them."""
+    count = settings.weaviate_nodes
+    while managed_node(settings, count).data_dir.is_dir():
+        count += 1
+    return managed_nodes(settings, count)
 
 
 def local_url(settings: Settings) -> str:
@@ -169,40 +195,73 @@ def _version(url: str, api_key: str | None = None) -> str | None:
         return None
 
 
-def up(settings: Settings) -> ServerStatus:
-    """Start the managed server (building it first if needed) and wait until it is ready."""
+def up(settings: Settings, nodes: int | None = None) -> ServerStatus:
+    """Start the managed server's nodes (settings.weaviate_nodes unless `nodes`), building the
+    binary first if needed; wait until every node is ready. Nodes already running are kept."""
     if settings.weaviate_url:
         raise ConfigError(
             f"WEAVIATE_URL is set ({settings.weaviate_url}): freshkb uses that server and does "
             "not start its own; unset WEAVIATE_URL to manage a local one"
         )
-    url = local_url(settings)
-    managed = managed_process(settings)
-    if managed.is_alive() and is_ready(url):
-        return status(settings)
-    if is_ready(url):
-        raise ConfigError(
-            f"another Weaviate already answers on {url}; stop it, choose another port with "
-            "FRESHKB_WEAVIATE_HTTP_PORT, or point WEAVIATE_URL at it"
-        )
-    binary, _ = build_binary(settings)
-    settings.weaviate_data_dir.mkdir(parents=True, exist_ok=True)
+    plan = managed_nodes(settings, nodes)
+    # A node whose process is ours is never started twice, even while it is not ready (busy
+    # rejoining, or the cluster electing a leader): it is waited for instead.
+    starting = [node for node in plan if not node_process(node).is_alive()]
+    for node in starting:
+        if is_ready(node.url):
+            raise ConfigError(
+                f"another Weaviate already answers on {node.url}; stop it, choose another port "
+                "with FRESHKB_WEAVIATE_HTTP_PORT, or point WEAVIATE_URL at it"
+            )
+    started: dict[str, subprocess.Popen[bytes]] = {}
+    if starting:
+        binary, _ = build_binary(settings)
+        # Every node starts before any is waited for: Raft bootstraps once all are there.
+        started = {node.name: _start_node(settings, binary, node, plan) for node in starting}
+    for node in plan:
+        _wait_ready(node, started.get(node.name), settings.weaviate_startup_timeout)
+    return status(settings, len(plan))
+
+
+def _wait_ready(node: WeaviateNode, child: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Wait until the node answers as ready; TransientError if it exits or takes too long.
+    `child`: the process just started (polled, so one that died is reaped, not a zombie)."""
+    process = node_process(node)
+    deadline = time.monotonic() + timeout
+    while not is_ready(node.url):
+        exited = child.poll() is not None if child else not process.is_alive()
+        if exited:
+            process.pid_file.unlink(missing_ok=True)
+            raise TransientError(
+                f"Weaviate {node.name} exited during start-up; log {process.log_file}:\n"
+                f"{process.log_tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise TransientError(
+                f"Weaviate {node.name} did not become ready on {node.url} within "
+                f"{timeout:.0f}s; see {process.log_file}"
+            )
+        time.sleep(0.25)
+
+
+def _start_node(
+    settings: Settings, binary: Path, node: WeaviateNode, plan: list[WeaviateNode]
+) -> subprocess.Popen[bytes]:
+    """Spawn one node (not waiting for it)."""
+    node.data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         str(binary),
-        *("--host", "127.0.0.1", "--port", str(settings.weaviate_http_port), "--scheme", "http"),
+        *("--host", "127.0.0.1", "--port", str(node.http_port), "--scheme", "http"),
     ]
-    process = managed.start(command, server_env(settings), preexec_fn=_raise_open_file_limit)
-    timeout = settings.weaviate_startup_timeout
-    if managed.wait_ready(process, lambda: is_ready(url), timeout, name="Weaviate", poll=0.25):
-        return status(settings)
-    raise TransientError(
-        f"Weaviate did not become ready on {url} within {timeout:.0f}s; see {managed.log_file}"
+    return node_process(node).start(
+        command, server_env(settings, node, plan), preexec_fn=_raise_open_file_limit
     )
 
 
 def down(settings: Settings, timeout: float = 30.0) -> bool:
-    """Stop the managed server; True if one was running."""
-    return managed_process(settings).stop(timeout)
+    """Stop every managed node; True if one was running."""
+    stopped = [node_process(node).stop(timeout) for node in known_nodes(settings)]
+    return any(stopped)
 
 
 def ensure_running(
@@ -226,8 +285,8 @@ def ensure_running(
     return up(settings)
 
 
-def status(settings: Settings) -> ServerStatus:
-    """Is the server freshkb talks to running, and which one is it?"""
+def status(settings: Settings, nodes: int | None = None) -> ServerStatus:
+    """Is the server freshkb talks to running, and which one is it? Each managed node's state."""
     if settings.weaviate_url:
         key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
         url = settings.weaviate_url.rstrip("/")
@@ -240,16 +299,34 @@ def status(settings: Settings) -> ServerStatus:
             data_dir=None,
             binary=None,
         )
-    url = local_url(settings)
-    pid = managed_process(settings).read_pid()
-    running = pid is not None and is_ready(url)
+    plan = managed_nodes(settings, nodes) if nodes else known_nodes(settings)
+    states = tuple(_node_status(node) for node in plan)
+    ready = [state for state in states if state.ready]
     binary = binary_path(settings)
     return ServerStatus(
         managed=True,
-        running=running,
-        url=url,
-        pid=pid,
-        version=_version(url) if running else None,
+        running=bool(states) and len(ready) == len(states),
+        url=local_url(settings),
+        pid=states[0].pid,
+        version=_version(ready[0].url) if ready else None,
         data_dir=str(settings.weaviate_data_dir),
         binary=str(binary) if binary.is_file() else None,
+        nodes=states,
+        leader=raft_leader(ready[0].url) if ready else None,
+    )
+
+
+def _node_status(node: WeaviateNode) -> NodeStatus:
+    pid = node_process(node).read_pid()
+    return NodeStatus(
+        name=node.name,
+        url=node.url,
+        http_port=node.http_port,
+        grpc_port=node.grpc_port,
+        internal_ports=node.ports()[2:],
+        pid=pid,
+        running=pid is not None,
+        ready=pid is not None and is_ready(node.url),
+        data_dir=str(node.data_dir),
+        log=str(node_process(node).log_file),
     )

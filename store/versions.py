@@ -2,7 +2,8 @@
 
 `PolicyChunk_v1`, `PolicyChunk_v2`... are physical collections; the alias `PolicyChunk` names
 the one answers read. A rebuild fills a new version and moves the alias only when it is
-complete, so answers never read a half-built index.
+complete, so answers never read a half-built index. On a cluster every schema change here
+(create, alias switch, drop, description stamp) rides out a Raft leader election.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from weaviate.exceptions import WeaviateBaseError
 
 from freshkb.core.errors import ConfigError, TransientError
 from freshkb.core.records import SourceKind
+from freshkb.store.cluster import through_election
 from freshkb.store.collections import LiveCollections
 from freshkb.store.description import VersionDescription, timestamp
 from freshkb.store.protocol import IndexVersion
@@ -68,7 +70,9 @@ class VersionCatalog:
 
     def description(self, name: str, kind: SourceKind | None = None) -> VersionDescription:
         """The record kept in the description of collection `name`."""
-        config = self.client.collections.get(name).config.get()
+        config = through_election(
+            self.client.collections.get(name).config.get, f"reading the schema of {name}"
+        )
         return VersionDescription.from_text(config.description, kind or _kind_of(name))
 
     def create_version(
@@ -84,7 +88,7 @@ class VersionCatalog:
             created_at=timestamp(),
             flow_run_id=flow_run_id,
         )
-        create_collection(self.client, name, kind, record.to_text())
+        create_collection(self.client, name, kind, record.to_text(), self.live.replication)
         return name
 
     def promote(self, kind: SourceKind, name: str) -> str | None:
@@ -95,9 +99,9 @@ class VersionCatalog:
         if previous == name:
             return previous
         if previous is None:
-            self.client.alias.create(alias_name=alias, target_collection=name)
+            through_election(lambda: self._point_alias(kind, name), f"creating alias {alias}")
         else:
-            self.client.alias.update(alias_name=alias, new_target_collection=name)
+            through_election(lambda: self._point_alias(kind, name), f"switching alias {alias}")
             self._stamp(previous, kind, retired_at=now)
         if self.description(name, kind).promoted_at is None:
             self._stamp(name, kind, promoted_at=now)
@@ -133,7 +137,10 @@ class VersionCatalog:
         kinds = [kind] if kind else list(ALIASES)
         live = {each: self.live.alias_target(each) for each in kinds}
         found = []
-        for name in self.client.collections.list_all(simple=True):
+        names = through_election(
+            lambda: self.client.collections.list_all(simple=True), "listing collections"
+        )
+        for name in names:
             match = _VERSION_NAME.match(name)
             version_kind = next((k for k in kinds if match and ALIASES[k] == match["alias"]), None)
             if match is None or version_kind is None:
@@ -174,12 +181,24 @@ class VersionCatalog:
         for kind, alias in ALIASES.items():
             if self.live.alias_target(kind) == name:
                 raise ConfigError(f"{name} is live behind {alias}; roll back or rebuild first")
-        self.client.collections.delete(name)
+        through_election(lambda: self.client.collections.delete(name), f"deleting {name}")
+
+    def _point_alias(self, kind: SourceKind, name: str) -> None:
+        """Point the alias of `kind` at `name`; repeatable (a retry finds it done)."""
+        alias = ALIASES[kind]
+        current = self.live.alias_target(kind)
+        if current is None:
+            self.client.alias.create(alias_name=alias, target_collection=name)
+        elif current != name:
+            self.client.alias.update(alias_name=alias, new_target_collection=name)
 
     def _stamp(self, name: str, kind: SourceKind, **times: str | None) -> None:
         """Set time stamps in a collection's description, keeping the rest of it."""
         record = self.description(name, kind).with_times(**times)
-        self.client.collections.get(name).config.update(description=record.to_text())
+        through_election(
+            lambda: self.client.collections.get(name).config.update(description=record.to_text()),
+            f"updating the description of {name}",
+        )
 
 
 def _kind_of(name: str) -> SourceKind:

@@ -4,27 +4,42 @@ Each job has its own module: connection (a client), schema (the collections' pro
 collections (which physical collection a kind uses), description and versions (the versions
 behind each alias), state (what a source has in the index), writes, search. WeaviateStore puts
 them behind the contracts of store/protocol.py, so callers never reach into the client.
+
+Failover: a store opened with `WeaviateStore.connected(settings)` on the managed cluster knows
+every node. Before each call it asks its node whether it is alive (an HTTP probe, a millisecond
+on a LAN) and, when not, reconnects to the first live node; a call that fails while its node
+died is repeated once on the next node (every call here is safe to repeat: writes are
+idempotent). Without the probe a dead node costs a minute: the client retries an unavailable
+gRPC node with backoff (1+2+..+32 s). A multi-host cluster sits behind a load balancer instead
+(WEAVIATE_URL), which does the same for every client.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TypeVar
 
+import httpx
 import weaviate
 from weaviate.collections import Collection
+from weaviate.exceptions import WeaviateBaseError
 
 from freshkb.core.config import Settings
+from freshkb.core.errors import FreshkbError, TransientError
 from freshkb.core.records import EmbeddedChunk, SourceKind, StoredDocument
 from freshkb.store import search as _search
 from freshkb.store import state as _state
 from freshkb.store import writes as _writes
+from freshkb.store.cluster import SINGLE_COPY, Replication, WeaviateNode
 from freshkb.store.collections import LiveCollections
 from freshkb.store.connection import connect
 from freshkb.store.description import VersionDescription
 from freshkb.store.protocol import IndexVersion, SearchHit, WriteResult
 from freshkb.store.schema import ALIASES, CUSTOMER_ALIAS, POLICY_ALIAS
+from freshkb.store.server import known_nodes
 from freshkb.store.versions import VersionCatalog
 
 __all__ = [
@@ -43,29 +58,109 @@ __all__ = [
 @contextmanager
 def open_store(settings: Settings) -> Iterator[WeaviateStore]:
     """A store on its own connection, closed when the block ends (also when it raises)."""
-    store = WeaviateStore(connect(settings))
+    store = WeaviateStore.connected(settings)
     try:
         yield store
     finally:
         store.close()
 
 
+T = TypeVar("T")
+
+
+class NodeFailover:
+    """The managed cluster's nodes in order: which one answers, and a client of it."""
+
+    def __init__(self, nodes: Sequence[WeaviateNode], probe_timeout: float = 0.5):
+        self.nodes = list(nodes)
+        self.current = self.nodes[0]
+        self.probe_timeout = probe_timeout
+
+    def alive(self) -> bool:
+        """True when the node in use answers its liveness probe."""
+        try:
+            url = f"{self.current.url}/v1/.well-known/live"
+            return httpx.get(url, timeout=self.probe_timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def connect(self) -> weaviate.WeaviateClient:
+        """A client of the first node (from the one in use on) that accepts a connection."""
+        start = self.nodes.index(self.current)
+        failures = []
+        for node in self.nodes[start:] + self.nodes[:start]:
+            try:
+                client = weaviate.connect_to_local(
+                    host="127.0.0.1", port=node.http_port, grpc_port=node.grpc_port
+                )
+            except WeaviateBaseError as exc:
+                failures.append(f"{node.name} ({node.url}): {exc}")
+                continue
+            self.current = node
+            return client
+        raise TransientError(
+            "no Weaviate node answers: " + "; ".join(failures) + "; start the cluster with "
+            "`freshkb weaviate up`"
+        )
+
+
 class WeaviateStore:
     """The freshkb collections of one Weaviate server (IndexWriter, IndexReader, IndexVersions)."""
 
-    def __init__(self, client: weaviate.WeaviateClient):
+    def __init__(
+        self,
+        client: weaviate.WeaviateClient,
+        replication: Replication = SINGLE_COPY,
+        failover: NodeFailover | None = None,
+    ):
         self.client = client
-        self._live = LiveCollections(client)
+        self._live = LiveCollections(client, replication)
         self._versions = VersionCatalog(self._live)
+        self._failover = failover
         # The kind -> collection pins, shared with the routing (tests clear it to re-read).
         self._physical = self._live.physical
+
+    @classmethod
+    def connected(cls, settings: Settings) -> WeaviateStore:
+        """A store of the server the settings name, with their replication; on a managed
+        cluster of several nodes, one that fails over to the next live node."""
+        replication = Replication.from_settings(settings)
+        if settings.weaviate_url is None:
+            nodes = known_nodes(settings)
+            if len(nodes) > 1:
+                failover = NodeFailover(nodes)
+                return cls(failover.connect(), replication, failover)
+        return cls(connect(settings), replication)
+
+    def _resilient(self, call: Callable[[], T]) -> T:
+        """Run `call` on a live node: move off a dead one first, and repeat a call that failed
+        because its node died on the next node."""
+        if self._failover is None:
+            return call()
+        if not self._failover.alive():
+            self._reconnect()
+        try:
+            return call()
+        except (FreshkbError, WeaviateBaseError):
+            if self._failover.alive():
+                raise
+            self._reconnect()
+            return call()
+
+    def _reconnect(self) -> None:
+        """Swap the client for one of the next live node; the old one is closed."""
+        assert self._failover is not None
+        old, self.client = self.client, self._failover.connect()
+        self._live.client = self.client
+        with contextlib.suppress(Exception):  # its node is gone: closing may fail, harmlessly
+            old.close()
 
     # -- connection -----------------------------------------------------------------------
 
     def is_ready(self) -> bool:
         """True when the server answers its readiness probe."""
         try:
-            return bool(self.client.is_ready())
+            return bool(self._resilient(lambda: self.client.is_ready()))
         except Exception:  # a dead connection is "not ready", whatever the client raises
             return False
 
@@ -79,7 +174,9 @@ class WeaviateStore:
         self, kind: SourceKind, model_id: str, dimension: int, flow_run_id: str = "local"
     ) -> str:
         """The live collection of `kind`, created (as version 1) if there is none yet."""
-        return self._versions.ensure_schema(kind, model_id, dimension, flow_run_id)
+        return self._resilient(
+            lambda: self._versions.ensure_schema(kind, model_id, dimension, flow_run_id)
+        )
 
     def use_collection(self, kind: SourceKind, name: str) -> None:
         """Write to and read from `name` instead of the alias target (a rebuild in progress)."""
@@ -141,11 +238,11 @@ class WeaviateStore:
 
     def stored_documents(self, source: str, kind: SourceKind) -> dict[str, StoredDocument]:
         """Per document of `source`: its content hash, expected and present chunk counts."""
-        return _state.stored_documents(self._live, source, kind)
+        return self._resilient(lambda: _state.stored_documents(self._live, source, kind))
 
     def count(self, kind: SourceKind, source: str | None = None) -> int:
         """Objects of a kind (optionally of one source) in the live collection."""
-        return _state.count(self._live, kind, source)
+        return self._resilient(lambda: _state.count(self._live, kind, source))
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -159,24 +256,31 @@ class WeaviateStore:
         progress: Callable[[int, int], None] | None = None,
     ) -> WriteResult:
         """Write chunks with their vectors (gRPC batches); existing UUIDs are overwritten."""
-        return _writes.upsert(
-            self._live,
-            embedded,
-            ingested_at=ingested_at,
-            flow_run_id=flow_run_id,
-            model_id=model_id,
-            progress=progress,
+        return self._resilient(
+            lambda: _writes.upsert(
+                self._live,
+                embedded,
+                ingested_at=ingested_at,
+                flow_run_id=flow_run_id,
+                model_id=model_id,
+                progress=progress,
+            )
         )
 
     def delete_documents(self, kind: SourceKind, documents: Iterable[StoredDocument]) -> int:
         """Delete every chunk of these documents; returns objects deleted."""
-        return _writes.delete_documents(self._live, kind, documents)
+        gone = list(documents)
+        return self._resilient(lambda: _writes.delete_documents(self._live, kind, gone))
 
     def delete_positions_from(
         self, kind: SourceKind, document_id: str, first_gone: int, customer_id: str | None
     ) -> int:
         """Delete a document's chunks at positions >= first_gone (it got shorter)."""
-        return _writes.delete_positions_from(self._live, kind, document_id, first_gone, customer_id)
+        return self._resilient(
+            lambda: _writes.delete_positions_from(
+                self._live, kind, document_id, first_gone, customer_id
+            )
+        )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -191,12 +295,14 @@ class WeaviateStore:
         sources: Sequence[str] | None = None,
     ) -> list[SearchHit]:
         """Hybrid search over policy chunks and, given a customer, their records (store/search)."""
-        return _search.search(
-            self._live,
-            query,
-            vector,
-            k=k,
-            customer_id=customer_id,
-            alpha=alpha,
-            sources=sources,
+        return self._resilient(
+            lambda: _search.search(
+                self._live,
+                query,
+                vector,
+                k=k,
+                customer_id=customer_id,
+                alpha=alpha,
+                sources=sources,
+            )
         )

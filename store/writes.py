@@ -41,7 +41,7 @@ def upsert(
     written = done = 0
     failed: list[tuple[str, str]] = []
     for (kind, customer_id), group in groups.items():
-        collection = live.collection(kind, customer_id)
+        collection = live.writer(kind, customer_id)
         items = _check_dimensions(group, live.dimension.get(kind), failed)
         for start in range(0, len(items), WRITE_BATCH):
             batch = items[start : start + WRITE_BATCH]
@@ -105,7 +105,7 @@ def delete_documents(
         by_tenant[doc.customer_id if kind is SourceKind.CUSTOMERS else None].append(doc.document_id)
     deleted = 0
     for customer_id, doc_ids in by_tenant.items():
-        collection = live.collection(kind, customer_id)
+        collection = live.writer(kind, customer_id)
         for start in range(0, len(doc_ids), _DELETE_BATCH):
             part = doc_ids[start : start + _DELETE_BATCH]
             result = collection.data.delete_many(
@@ -123,7 +123,7 @@ def delete_positions_from(
     customer_id: str | None,
 ) -> int:
     """Delete a document's chunks at positions >= first_gone (it got shorter)."""
-    result = live.collection(kind, customer_id).data.delete_many(
+    result = live.writer(kind, customer_id).data.delete_many(
         where=Filter.by_property("document_id").equal(document_id)
         & Filter.by_property("position").greater_or_equal(first_gone)
     )

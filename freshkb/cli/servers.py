@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Protocol, TypeVar
 
 import typer
 
@@ -46,6 +46,16 @@ class ManagedServer(Generic[State]):
     up_help: str
     down_help: str
     status_help: str
+    # A server that runs as several nodes: `up --nodes N` starts N (None: as configured).
+    up_nodes: Callable[[int | None], State] | None = None
+
+
+NodesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--nodes", min=1, help="Nodes to run (default: $FRESHKB_WEAVIATE_NODES, which is 1)."
+    ),
+]
 
 
 def server_commands(managed: ManagedServer[State]) -> typer.Typer:
@@ -58,13 +68,25 @@ def server_commands(managed: ManagedServer[State]) -> typer.Typer:
         else:
             managed.show(state)
 
-    @group.command("up", help=managed.up_help)
-    def up(json_out: JsonFlag = False) -> None:
+    def start(up: Callable[[], State], json_out: bool) -> None:
         try:
-            state = managed.up()
+            state = up()
         except FreshkbError as exc:
             raise fail(exc) from exc
         show(state, json_out)
+
+    if managed.up_nodes is None:
+
+        @group.command("up", help=managed.up_help)
+        def up(json_out: JsonFlag = False) -> None:
+            start(managed.up, json_out)
+
+    else:
+        up_nodes = managed.up_nodes
+
+        @group.command("up", help=managed.up_help)
+        def up_cluster(nodes: NodesOption = None, json_out: JsonFlag = False) -> None:
+            start(lambda: up_nodes(nodes), json_out)
 
     @group.command("down", help=managed.down_help)
     def down(json_out: JsonFlag = False) -> None:
@@ -87,8 +109,9 @@ def server_commands(managed: ManagedServer[State]) -> typer.Typer:
 # -- Weaviate -----------------------------------------------------------------------------------
 
 
-def weaviate_up() -> ServerStatus:
-    """Build the pinned Weaviate the first time, then start it and wait until it is ready."""
+def weaviate_up(nodes: int | None = None) -> ServerStatus:
+    """Build the pinned Weaviate the first time, then start its nodes (as configured unless
+    `nodes`) and wait until every one is ready."""
     from freshkb.store import server
 
     settings = Settings()
@@ -99,7 +122,7 @@ def weaviate_up() -> ServerStatus:
         )
         _, seconds = server.build_binary(settings)
         err.print(f"built in {seconds:.0f}s: {server.binary_path(settings)}")
-    return server.up(settings)
+    return server.up(settings, nodes)
 
 
 def weaviate_down() -> bool:
@@ -122,7 +145,16 @@ def show_weaviate(status: ServerStatus) -> None:
     out.print(
         f"Weaviate {state} at {status.url}" + (f" (v{status.version})" if status.version else "")
     )
-    if status.managed:
+    if status.managed and len(status.nodes) > 1:
+        out.print(f"  managed by freshkb: {len(status.nodes)} nodes, Raft leader {status.leader}")
+        for node in status.nodes:
+            ready = "[green]ready[/]" if node.ready else "[red]down[/]"
+            out.print(
+                f"  {node.name} {ready} {node.url} gRPC {node.grpc_port} internal "
+                f"{'/'.join(map(str, node.internal_ports))} pid {node.pid}; data {node.data_dir}"
+            )
+        out.print(f"  binary {status.binary or 'not built yet'}")
+    elif status.managed:
         out.print(f"  managed by freshkb; pid {status.pid}; data {status.data_dir}")
         out.print(f"  binary {status.binary or 'not built yet'}")
     else:
@@ -132,12 +164,14 @@ def show_weaviate(status: ServerStatus) -> None:
 WEAVIATE = ManagedServer["ServerStatus"](
     help="Run the local Weaviate server freshkb manages.",
     up=weaviate_up,
+    up_nodes=weaviate_up,
     down=weaviate_down,
     status=weaviate_status,
     show=show_weaviate,
-    up_help="Build (first time only) and start Weaviate on 127.0.0.1; wait until it is ready.",
-    down_help="Stop the managed Weaviate (its data stays in the data directory).",
-    status_help="Show whether Weaviate is running, where, and which version.",
+    up_help="Build (first time only) and start Weaviate on 127.0.0.1, one node or a cluster "
+    "(--nodes); wait until every node is ready. Node i uses HTTP port +10i, gRPC port +10i.",
+    down_help="Stop every managed Weaviate node (their data stays in the data directory).",
+    status_help="Show whether Weaviate is running, where, which version, and each node.",
 )
 
 
