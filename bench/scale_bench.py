@@ -19,7 +19,7 @@ FIGURES (comma-separated, default all):
 
 On 2 cores the speed-ups are small: the point is that the work spreads and nothing breaks; the
 README's sizing section reads these figures. Ports: Weaviate 39180.. (node i: +10i), Prefect
-39200, Dask 39300, API 39188.
+39250-39251, Dask 39350, API 39188. Each figure's JSON is also printed to stderr as it ends.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from query_bench import UNREACHABLE_LLM, drive, start_serve, stop_serve  # noqa:
 from stage_bench import prefect_server  # noqa: E402
 
 MANUALS = ROOT.parent / "shared" / "corpus" / "policies" / "outdoor-manuals"
-HTTP, GRPC, PREFECT, DASK, API = 39180, 39151, 39200, 39300, 39188
+# Nodes: HTTP 39180/39190/39200, gRPC 39151/39161/39171, internal 39280..39303; the rest apart.
+HTTP, GRPC, PREFECT, DASK, API = 39180, 39151, 39250, 39350, 39188
 FIGURES = ("ingest", "workers", "query", "recovery")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -83,9 +84,11 @@ def fresh_run_env(work: Path, name: str, extra: dict[str, str]) -> dict[str, str
     """Environment of one run: its own data directory and cold caches, same Weaviate."""
     run = work / name
     run.mkdir()
-    env = dict(
-        os.environ, FRESHKB_DATA_DIR=str(run / "data"), FRESHKB_CACHE_DIR=str(cold_cache(run))
-    )
+    env = dict(os.environ, FRESHKB_DATA_DIR=str(run / "data"))
+    env["FRESHKB_CACHE_DIR"] = str(cold_cache(run))
+    # The bench's server, not one of this data directory's own (it has none).
+    env["WEAVIATE_URL"] = f"http://127.0.0.1:{HTTP}"
+    env["WEAVIATE_GRPC_URL"] = f"http://127.0.0.1:{GRPC}"
     return env | extra
 
 
@@ -254,6 +257,7 @@ def query_and_recovery(work: Path, seconds: float, wanted: set[str]) -> dict[str
                 if "query" in wanted:
                     tally = asyncio.run(drive(served.url, "search", 16, seconds, questions))
                     results["query"].append({"nodes": nodes, **tally.row()})
+                    print("SCALE-RESULT", json.dumps(results["query"][-1]), file=sys.stderr)
                 if nodes == 3 and "recovery" in wanted:
                     results["recovery"] = node_loss(settings, served.url, questions, seconds)
             finally:
@@ -366,9 +370,11 @@ def main() -> int:
                 if "ingest" in wanted:
                     with prefect_server(work, PREFECT) as api_url:
                         results["ingest"] = ingest_figures(work, args.copies, api_url)
+                    print("SCALE-RESULT", json.dumps(results["ingest"]), file=sys.stderr)
                     clear_index()
                 if "workers" in wanted:
                     results["workers"] = workers_figures(work, args.copies, PREFECT + 1)
+                    print("SCALE-RESULT", json.dumps(results["workers"]), file=sys.stderr)
             finally:
                 server.down(settings)
         if wanted & {"query", "recovery"}:
