@@ -18,8 +18,8 @@ FIGURES (comma-separated, default all):
   then the node is restarted: seconds until it is ready, and until it holds every object again.
 
 On 2 cores the speed-ups are small: the point is that the work spreads and nothing breaks; the
-README's sizing section reads these figures. Ports: Weaviate 39180.. (node i: +10i), Prefect
-39250-39251, Dask 39350, API 39188. Each figure's JSON is also printed to stderr as it ends.
+README's sizing section reads these figures. Ports: Weaviate 28180.. (node i: +10i), Prefect
+28250-28251, Dask 28350, API 28188. Each figure's JSON is also printed to stderr as it ends.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ from query_bench import UNREACHABLE_LLM, drive, start_serve, stop_serve  # noqa:
 from stage_bench import prefect_server  # noqa: E402
 
 MANUALS = ROOT.parent / "shared" / "corpus" / "policies" / "outdoor-manuals"
-# Nodes: HTTP 39180/39190/39200, gRPC 39151/39161/39171, internal 39280..39303; the rest apart.
-HTTP, GRPC, PREFECT, DASK, API = 39180, 39151, 39250, 39350, 39188
+# Below Linux's ephemeral range (32768+), where a client's port could take a restarting node's.
+# Nodes: HTTP 28180/28190/28200, gRPC 25151/25161/25171, internal 28280..28303; the rest apart.
+HTTP, GRPC, PREFECT, DASK, API = 28180, 25151, 28250, 28350, 28188
 FIGURES = ("ingest", "workers", "query", "recovery")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -108,6 +109,8 @@ def timed_ingest(env: dict[str, str], config: Path, source: str) -> dict[str, An
         raise RuntimeError(f"ingest failed (exit {done.returncode}): {done.stderr[-2000:]}")
     report = json.loads(done.stdout)
     documents = report["documents_new"] + report["documents_changed"]
+    if not documents or not report["chunks_embedded"]:
+        raise RuntimeError(f"the ingest wrote nothing: {report}; was the index emptied?")
     return {
         "seconds": round(seconds, 1),
         "documents": documents,
@@ -128,8 +131,10 @@ def ingest_figures(work: Path, copies: int, api_url: str) -> list[dict[str, Any]
         ("threads, 1 batch in flight", {"FRESHKB_INGEST_PARALLEL_BATCHES": "1"}),
         ("threads, 2 batches in flight", {"FRESHKB_INGEST_PARALLEL_BATCHES": "2"}),
     ):
+        clear_index()  # every run writes the whole source anew
         env = fresh_run_env(work, name.replace(" ", "-").replace(",", ""), base | extra)
         rows.append({"run": name, **timed_ingest(env, config, "manuals-0")})
+    clear_index()
     env = fresh_run_env(work, "dask", base | {"FRESHKB_INGEST_TASK_RUNNER": "dask"})
     saved = dict(os.environ)
     os.environ.update(env)  # the Dask workers inherit it: freshkb's and Prefect's settings
@@ -168,6 +173,7 @@ def workers_figures(work: Path, copies: int, api_port: int) -> list[dict[str, An
     rows = []
     try:
         for count in (1, 2):
+            clear_index()  # both rounds write the two sources anew
             os.environ |= fresh_run_env(work, f"workers-{count}", {})
             for number in server.worker_numbers():  # workers keep the caches they started with
                 server.worker_process(number).stop(30.0)
@@ -186,7 +192,6 @@ def workers_figures(work: Path, copies: int, api_port: int) -> list[dict[str, An
                 raise RuntimeError(f"runs {failed} did not complete; see {server.home}")
             ran_on = sorted({str(r.labels.get("prefect.worker.name")) for r in ended})
             rows.append({"workers": count, "seconds": round(seconds, 1), "ran_on": ran_on})
-            clear_index()
     finally:
         prefect_down(server)
         os.environ.clear()
@@ -283,7 +288,12 @@ def node_loss(settings: Any, url: str, questions: list[str], seconds: float) -> 
     tally = asyncio.run(drive(url, "search", 16, seconds, questions))
     killer.join()
     started = time.perf_counter()
-    server.up(settings, nodes=3)
+    try:
+        server.up(settings, nodes=3)
+    except Exception as exc:
+        log = victim.data_dir / "weaviate.log"
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
+        raise RuntimeError(f"{victim.name} did not come back: {exc}\n" + "\n".join(tail)) from exc
     ready = time.perf_counter() - started
     while node_objects(seed.url, victim.name) < expected and time.perf_counter() - started < 300:
         time.sleep(0.5)
@@ -377,7 +387,15 @@ def main() -> int:
                     print("SCALE-RESULT", json.dumps(results["workers"]), file=sys.stderr)
             finally:
                 server.down(settings)
-        if wanted & {"query", "recovery"}:
+        cluster = wanted & {"query", "recovery"}
+        if cluster and wanted & {"ingest", "workers"}:
+            # In a process of its own: the ingest figures leave Prefect settings behind here.
+            command = [sys.executable, __file__, "--only", ",".join(sorted(cluster)), "--json"]
+            done = subprocess.run(
+                [*command, "--seconds", str(args.seconds)], stdout=subprocess.PIPE, check=True
+            )
+            results |= {k: v for k, v in json.loads(done.stdout).items() if k != "copies"}
+        elif cluster:
             results |= query_and_recovery(work, args.seconds, wanted)
     if args.json:
         print(json.dumps(results, indent=2))
