@@ -282,8 +282,13 @@ def node_loss(settings: Any, url: str, questions: list[str], seconds: float) -> 
     pid = server.node_process(victim).read_pid()
     if pid is None:
         raise RuntimeError(f"{victim.name} is not running")
-    expected = node_objects(seed.url, seed.name)
-    killer = threading.Timer(min(2.0, seconds / 4), os.kill, (pid, signal.SIGKILL))
+    expected = node_objects(seed)
+
+    def kill() -> None:
+        os.kill(pid, signal.SIGKILL)  # as when its host dies
+        server.node_process(victim).stop(timeout=5)  # reap it: this process started it
+
+    killer = threading.Timer(min(2.0, seconds / 4), kill)
     killer.start()
     tally = asyncio.run(drive(url, "search", 16, seconds, questions))
     killer.join()
@@ -295,32 +300,43 @@ def node_loss(settings: Any, url: str, questions: list[str], seconds: float) -> 
         tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
         raise RuntimeError(f"{victim.name} did not come back: {exc}\n" + "\n".join(tail)) from exc
     ready = time.perf_counter() - started
-    while node_objects(seed.url, victim.name) < expected and time.perf_counter() - started < 300:
+    while node_objects(victim) < expected and time.perf_counter() - started < 300:
         time.sleep(0.5)
-    caught_up = time.perf_counter() - started
+    # None when the count through the node failed (it read -1 in the last runs: an open item).
+    caught_up = time.perf_counter() - started if expected >= 0 else None
     return {
         "killed": victim.name,
         "searches_during_loss": tally.row(),
         "restart_ready_s": round(ready, 1),
-        "all_objects_back_s": round(caught_up, 1),
+        "all_objects_back_s": None if caught_up is None else round(caught_up, 1),
         "objects": expected,
-        "objects_on_node": node_objects(seed.url, victim.name),
+        "objects_on_node": node_objects(victim),
     }
 
 
-def node_objects(url: str, name: str) -> int:
-    """Objects the node `name` holds in its own shards, as /v1/nodes (verbose) at `url` says;
-    -1 while it is not healthy."""
-    import httpx
+def node_objects(node: Any) -> int:
+    """Objects of every collection read through `node` at consistency ONE: its own copy (a node
+    back from a loss answers its stale count here until it has caught up); -1 while it is down.
+    The nodes API's per-shard objectCount is refreshed lazily and read 0 here, so it is not used."""
+    import weaviate
+    from weaviate.classes.config import ConsistencyLevel
 
     try:
-        nodes = httpx.get(f"{url}/v1/nodes?output=verbose", timeout=5).json()["nodes"]
-    except (httpx.HTTPError, KeyError, ValueError):
+        client = weaviate.connect_to_local(port=node.http_port, grpc_port=node.grpc_port)
+    except Exception:
         return -1
-    for node in nodes:
-        if node.get("name") == name and node.get("status") == "HEALTHY":
-            return sum(shard.get("objectCount", 0) for shard in node.get("shards") or [])
-    return -1
+    try:
+        total = 0
+        for name, config in client.collections.list_all(simple=True).items():
+            if config.multi_tenancy_config.enabled:
+                continue  # customer records: one shard per customer, read per tenant
+            handle = client.collections.get(name).with_consistency_level(ConsistencyLevel.ONE)
+            total += sum(1 for _ in handle.iterator(return_properties=[]))
+        return total
+    except Exception:
+        return -1
+    finally:
+        client.close()
 
 
 def print_tables(results: dict[str, Any]) -> None:
@@ -353,7 +369,7 @@ def print_tables(results: dict[str, Any]) -> None:
             f"node loss ({rec['killed']} SIGKILLed under 16 clients): {during['ok']} searches ok, "
             f"{during['errors']} errors, p95 {during['p95_ms']:.0f} ms; restarted ready in "
             f"{rec['restart_ready_s']} s, every object ({rec['objects']}) back in "
-            f"{rec['all_objects_back_s']} s"
+            f"{rec['all_objects_back_s'] or 'n/a'} s"
         )
 
 
