@@ -327,7 +327,7 @@ def node_objects(node: Any) -> int:
         return -1
     try:
         total = 0
-        for name, config in client.collections.list_all(simple=True).items():
+        for name, config in client.collections.list_all(simple=False).items():
             if config.multi_tenancy_config.enabled:
                 continue  # customer records: one shard per customer, read per tenant
             handle = client.collections.get(name).with_consistency_level(ConsistencyLevel.ONE)

@@ -301,9 +301,9 @@ def test_ledger_locked_at_the_end_fails_the_run_and_keeps_the_last_good_sync(
 
 def _pg(name: str) -> list[str]:
     """A PostgreSQL server program, run as the postgres user when we are root."""
-    from test_postgres_source import _as_postgres, _pg_bin
+    from postgres_server import _as_postgres, pg_bin
 
-    return _as_postgres([_pg_bin(name)])
+    return _as_postgres([pg_bin(name)])
 
 
 @pytest.fixture
