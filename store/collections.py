@@ -44,9 +44,12 @@ class LiveCollections:
         """The collection the alias of `kind` points at on the server, if any."""
         # A strongly consistent read, served by the Raft leader: it too waits out an election.
         alias = ALIASES[kind]
-        existing = through_election(
-            lambda: self.client.alias.get(alias_name=alias), f"looking up alias {alias}"
-        )
+        if self.replication.factor <= 1:  # one node: no election to wait out; fail fast
+            existing = self.client.alias.get(alias_name=alias)
+        else:
+            existing = through_election(
+                lambda: self.client.alias.get(alias_name=alias), f"looking up alias {alias}"
+            )
         return existing.collection if existing else None
 
     def live_collection(self, kind: SourceKind) -> str | None:
