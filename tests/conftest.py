@@ -161,3 +161,15 @@ def postgres_database(postgres_server_url: str, request: pytest.FixtureRequest) 
 
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:55]
     return new_database(postgres_server_url, name)
+
+
+def ledger_runs(source: str) -> list[Any]:
+    """The ingest runs of `source` the freshness ledger of the current settings recorded."""
+    from freshkb.core.config import Settings
+    from freshkb.store.ledger import Ledger
+
+    ledger = Ledger(Settings().ledger_database_url)
+    try:
+        return ledger.runs(source)
+    finally:
+        ledger.close()

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, ledger_runs
 
 from freshkb.core.config import Settings
 from freshkb.core.processes import ManagedProcess
@@ -212,17 +212,6 @@ def test_a_cli_ingest_runs_on_the_running_prefect_server(prefect_env, tmp_path):
         run = client.read_flow_run(flow_run_id)
     assert run.state_type.value == "COMPLETED"
     assert run.start_time >= started
-
-
-def ledger_runs(source: str) -> list[Any]:
-    """The ingest runs of `source` the freshness ledger recorded."""
-    from freshkb.store.ledger import Ledger
-
-    ledger = Ledger(Settings().ledger_database_url)
-    try:
-        return ledger.runs(source)
-    finally:
-        ledger.close()
 
 
 def store_chunks(store: Any) -> list[dict[str, Any]]:

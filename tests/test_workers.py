@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, ledger_runs
 from typer.testing import CliRunner
 
 from freshkb.cli.workers import workers_app
@@ -174,14 +174,3 @@ def test_down_stops_every_worker_and_the_server(pool):
         )
     code, after = workers(pool, "status")
     assert code == 1 and not after["server_running"] and after["workers"] == []
-
-
-def ledger_runs(source: str) -> list[Any]:
-    """The ingest runs of `source` the freshness ledger recorded."""
-    from freshkb.store.ledger import Ledger
-
-    ledger = Ledger(Settings().ledger_database_url)
-    try:
-        return ledger.runs(source)
-    finally:
-        ledger.close()
