@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(default=256, ge=16)
     llm_breaker_failures: int = Field(default=3, ge=1, description="failures that open it")
     llm_breaker_cooldown: float = Field(default=30.0, ge=0, description="seconds it stays open")
+    search_alpha: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="hybrid search weight of the vector score against BM25's (0: keywords only, "
+        "1: vectors only)",
+    )
     answer_min_relevance: float = Field(
         default=0.35, ge=-1, le=1, description="cosine of the best passage below which we escalate"
     )

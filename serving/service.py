@@ -149,7 +149,12 @@ class AnswerService:
         if result is not None:
             result.trace.question_vector = vector
         hits = self.store.search(
-            question, vector, k=k, customer_id=customer_id, sources=selection.fresh
+            question,
+            vector,
+            k=k,
+            customer_id=customer_id,
+            alpha=self.settings.search_alpha,
+            sources=selection.fresh,
         )
         return hits, selection
 

@@ -71,3 +71,44 @@ def test_best_per_page_keeps_the_first_of_each_page_in_rank_order() -> None:
     ]
     kept = [obj.uuid for obj, _ in best_per_page(ranked)]
     assert kept == ["a1", "b1", "r1", "r2", "a2"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_alpha_weighs_keywords_against_vectors(store: Any) -> None:
+    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
+    # One chunk says the query's words but points away; the other points at it but says none.
+    words = on_pages("words.pdf", [1], [[0.0, 1.0, 0.0, 0.0]])
+    meaning = [
+        EmbeddedChunk(replace(item.chunk, page=1), (1.0, 0.0, 0.0, 0.0))
+        for item in embedded("meaning.pdf", ["unrelated wording entirely"])
+    ]
+    write(store, words + meaning)
+    keywords = store.search("refund window", QUERY, k=2, alpha=0.0)
+    vectors = store.search("refund window", QUERY, k=2, alpha=1.0)
+    assert keywords[0].document_key == "words.pdf"
+    assert vectors[0].document_key == "meaning.pdf"
+
+
+@pytest.mark.timeout(10)
+def test_the_answer_service_searches_with_the_configured_alpha() -> None:
+    from freshkb.core.config import Settings
+    from freshkb.serving.service import AnswerService
+
+    calls: list[dict[str, Any]] = []
+    store = SimpleNamespace(search=lambda *args, **kwargs: calls.append(kwargs) or [])
+    embedder = SimpleNamespace(embed=lambda texts: [QUERY for _ in texts])
+    source = SimpleNamespace(kind="documents", usable=True, name="policies")
+    ledger = SimpleNamespace(states=lambda: [source])
+    none: Any = None
+    service = AnswerService(
+        Settings(search_alpha=0.25),
+        store,
+        embedder,
+        ledger,
+        none,
+        none,
+        none,  # type: ignore[arg-type]
+    )
+    service.retrieve("refund window")
+    assert calls[0]["alpha"] == 0.25 and calls[0]["sources"] == ["policies"]

@@ -48,7 +48,10 @@ def search(
             settings.cache_dir,
         )
         with open_store(settings) as store:
-            hits = store.search(text, embedder.embed([text])[0], k=k, customer_id=customer)
+            vector = embedder.embed([text])[0]
+            hits = store.search(
+                text, vector, k=k, customer_id=customer, alpha=settings.search_alpha
+            )
     except FreshkbError as exc:
         raise fail(exc) from exc
     if json_out:
