@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ class DocumentFolderLoader:
             kind=SourceKind.DOCUMENTS,
             document_id=ids.document_id(self.source.name, key),
             key=key,
-            title=(title or first_title or path.stem)[:300],
+            title=(title or document_title(path, first_title))[:300],
             content_hash=ids.content_hash(data),
             modified_at=modified_time(path),
             sections=tuple(sections),
@@ -148,7 +149,7 @@ class DocumentFolderLoader:
             kind=SourceKind.DOCUMENTS,
             document_id=ids.document_id(self.source.name, key),
             key=key,
-            title=path.stem[:300],
+            title=document_title(path, None)[:300],
             content_hash=content_hash,
             modified_at=modified_time(path),
             sections=(),
@@ -191,6 +192,28 @@ class DocumentFolderLoader:
                 )
             )
         return documents
+
+
+def document_title(path: Path, heading: str | None) -> str:
+    """A document's title: its file's name in words, and its first heading when that says
+    something the name does not ("Northwind Standard Benefits Details: Contoso Electronics").
+
+    The name is often what tells two documents apart (two plans' brochures both open with the
+    company's name), and a title is searched with the text and embedded in front of each chunk.
+    """
+    name = re.sub(r"[\s_\-.]+", " ", path.stem).strip() or path.name
+    if not heading:
+        return name
+    if _words(name) in _words(heading):
+        return heading
+    if _words(heading) in _words(name):
+        return name
+    return f"{name}: {heading}"
+
+
+def _words(text: str) -> str:
+    """Lowercase words with a space either side, to test whole-word containment."""
+    return f" {' '.join(re.findall(r'[a-z0-9]+', text.lower()))} "
 
 
 def _decode_text(data: bytes, suffix: str) -> str:

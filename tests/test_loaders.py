@@ -357,3 +357,17 @@ def test_retail_users_and_orders_attach_to_their_user():
     for order_id, order in orders.items():
         assert docs[f"orders.json:{order_id}"].customer_id == order["user_id"]
     assert {d.customer_id for d in result.documents} == set(users)
+
+
+def test_a_document_title_names_the_file_when_its_heading_does_not() -> None:
+    from freshkb.loaders.documents import document_title
+
+    # Two plans' brochures open with the same company heading: the file name tells them apart.
+    assert (
+        document_title(Path("Northwind_Standard_Benefits_Details.pdf"), "Contoso Electronics")
+        == "Northwind Standard Benefits Details: Contoso Electronics"
+    )
+    assert document_title(Path("returns.md"), "Returns") == "Returns"  # the heading says it
+    assert document_title(Path("care.docx"), "Gear care") == "Gear care"
+    assert document_title(Path("refund-policy.md"), "Refund") == "refund policy"
+    assert document_title(Path("notes.txt"), None) == "notes"
