@@ -23,7 +23,13 @@ from freshkb.embeddings.embedder import Embedder, select_embedder
 from freshkb.screening.detector import DOCUMENT_THRESHOLD, ExemplarDetector
 from freshkb.screening.fitted import fit_key, load_or_fit
 from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules, rules_digest
-from freshkb.screening.text import decoded_payloads, normalise, split_passages, word_count
+from freshkb.screening.text import (
+    READING_VERSION,
+    decoded_payloads,
+    normalise,
+    split_passages,
+    word_count,
+)
 from freshkb.screening.verdicts import DocumentVerdict, QuestionVerdict, SuspiciousPassage
 
 # The detectors always use the bundled model, whatever model the index is built with: they were
@@ -61,6 +67,7 @@ def document_key(fitted_key: str) -> str:
         CORROBORATING_THRESHOLD,
         CORROBORATING_MARGIN,
         MIN_DOCUMENT_DETECTOR_WORDS,
+        READING_VERSION,
     )
     return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()
 

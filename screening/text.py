@@ -12,8 +12,16 @@ import unicodedata
 WINDOW_WORDS = 30
 WINDOW_STRIDE = 15
 
+# Bump when the cutting into passages changes: cached document verdicts then miss once.
+READING_VERSION = 2
 INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[a-z][.!?])(?=[A-Z])|\n+|\s*\|\s*")
+# A capitalised word glued to the text before it ("withdrawn fromWrite a story..."): text pasted
+# or extracted without its break, the way an instruction is slipped into the middle of an
+# e-mail. The rest of the sentence from there is judged as a passage of its own too, so the
+# instruction is not averaged into the sentence it was glued to. Only the rest: the text
+# before such a point is often a name in camel case ("the PowerBoost engine"), not a passage.
+_GLUED = re.compile(r"(?<=[a-z0-9])(?=[A-Z][a-z]+\b)")
 _FIELD_PREFIX = re.compile(r"^[A-Z][A-Z_ ]{2,20}:\s*")
 _BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 _WORD = re.compile(r"[^\W\d_]{2,}")
@@ -49,18 +57,24 @@ def decoded_payloads(text: str) -> list[str]:
 
 
 def split_passages(text: str) -> list[str]:
-    """Sentences and lines of a text, long ones cut into overlapping word windows."""
+    """Sentences and lines of a text, long ones cut into overlapping word windows, and the rest
+    of a sentence from a word glued to the text before it."""
     passages = []
     for part in _SENTENCE_BREAK.split(text):
-        words = _FIELD_PREFIX.sub("", part.strip()).split()
-        if not words:
-            continue
-        if len(words) <= WINDOW_WORDS + WINDOW_STRIDE:
-            passages.append(" ".join(words))
-            continue
-        for start in range(0, len(words) - WINDOW_STRIDE, WINDOW_STRIDE):
-            passages.append(" ".join(words[start : start + WINDOW_WORDS]))
+        part = _FIELD_PREFIX.sub("", part.strip())
+        for piece in (part, *(part[glued.start() :] for glued in _GLUED.finditer(part))):
+            passages += _windows(piece.split())
     return passages
+
+
+def _windows(words: list[str]) -> list[str]:
+    """A passage's words as one passage, or in overlapping windows when it runs long."""
+    if len(words) <= WINDOW_WORDS + WINDOW_STRIDE:
+        return [" ".join(words)] if words else []
+    return [
+        " ".join(words[start : start + WINDOW_WORDS])
+        for start in range(0, len(words) - WINDOW_STRIDE, WINDOW_STRIDE)
+    ]
 
 
 def word_count(text: str) -> int:
