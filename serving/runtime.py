@@ -12,6 +12,7 @@ from freshkb.core.config import Settings
 from freshkb.embeddings.embedder import BUNDLED_MODEL_ID, Embedder, select_embedder
 from freshkb.screening import load_guard
 from freshkb.screening.guard import detector_embedder
+from freshkb.screening.verdict_cache import open_verdict_cache
 from freshkb.serving.answer_log import AnswerJournal, AnswerLog, hash_key
 from freshkb.serving.answerer import OpenAICompatibleAnswerer
 from freshkb.serving.escalations import EscalationStore
@@ -53,6 +54,8 @@ class Runtime:
         self.service.store.close()
         self.service.ledger.close()
         self.service.escalations.close()
+        if self.service.verdicts is not None:
+            self.service.verdicts.close()
         if self.service.journal is not None:
             self.service.journal.close()
 
@@ -97,6 +100,7 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
             ),
         ),
     )
+    service.verdicts = open_verdict_cache(settings)
     batchers = [embedder] if detector is embedder else [embedder, detector]
     return Runtime(service=service, answerer=answerer, batchers=batchers)
 

@@ -26,6 +26,7 @@ from freshkb.core.timing import timed
 from freshkb.embeddings.embedder import Embedder
 from freshkb.screening import InjectionGuard
 from freshkb.screening.output import OutputVerdict, screen_answer
+from freshkb.screening.verdict_cache import VerdictCache, screen_documents
 from freshkb.serving.answer_log import AnswerJournal
 from freshkb.serving.answerability import Decline, decline, judge_hits
 from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage, answer_deadline
@@ -105,6 +106,8 @@ class AnswerService:
         # The guard's verdict per retrieved passage text (by hash): the same chunks come back
         # for many questions, and screening one costs tens of milliseconds of model time.
         self._passage_verdicts: dict[bytes, str | None] = {}
+        # The ingest screen's verdicts, shared through the cache directory (build_runtime).
+        self.verdicts: VerdictCache | None = None
         self.journal = journal
 
     # -- retrieval ----------------------------------------------------------------------
@@ -240,11 +243,12 @@ class AnswerService:
 
     def _without_flagged(self, result: AnswerResult, hits: list[SearchHit]) -> list[SearchHit]:
         """The hits that carry no instructions aimed at an assistant; the others are named."""
+        # Flagged at ingestion; checked again here for objects written before the flag
+        # existed, and because the detector may have improved since.
+        reasons = self._passage_verdicts_of([hit.text for hit in hits if not hit.injection_reason])
         usable: list[SearchHit] = []
         for hit in hits:
-            # Flagged at ingestion; checked again here for objects written before the flag
-            # existed, and because the detector may have improved since.
-            reason = hit.injection_reason or self._passage_verdict(hit.text)
+            reason = hit.injection_reason or reasons[hit.text]
             if reason:
                 result.reasons.append(
                     f"left out passage {hit.uuid} of {hit.source}/{hit.document_key}: it "
@@ -255,16 +259,24 @@ class AnswerService:
         return usable
 
     def _passage_verdict(self, text: str) -> str | None:
-        """Why the guard flags a passage (None: it does not), computed once per text."""
-        key = hashlib.sha256(text.encode("utf-8")).digest()
-        if key not in self._passage_verdicts:
-            inspected = self.guard.inspect_document(text)
-            if len(self._passage_verdicts) >= PASSAGE_VERDICTS_KEPT:
+        """Why the guard flags a passage (None: it does not)."""
+        return self._passage_verdicts_of([text])[text]
+
+    def _passage_verdicts_of(self, texts: list[str]) -> dict[str, str | None]:
+        """Why the guard flags each passage (None: it does not), each text computed once: from
+        this process's memory, else the verdict cache the ingest screen filled under the same
+        detector key (a changed detector misses it), else screened here in one batch and saved
+        there for the next process."""
+        keys = {text: hashlib.sha256(text.encode("utf-8")).digest() for text in texts}
+        todo = [text for text, key in keys.items() if key not in self._passage_verdicts]
+        if todo:
+            verdicts = screen_documents(self.guard, todo, self.verdicts)
+            if len(self._passage_verdicts) + len(todo) > PASSAGE_VERDICTS_KEPT:
                 self._passage_verdicts.clear()  # bounded; the live chunks are screened again
-            self._passage_verdicts[key] = (
-                "; ".join(inspected.reasons) if inspected.flagged else None
-            )
-        return self._passage_verdicts[key]
+            for text, verdict in zip(todo, verdicts, strict=True):
+                reason = "; ".join(verdict.reasons) if verdict.flagged else None
+                self._passage_verdicts[keys[text]] = reason
+        return {text: self._passage_verdicts[key] for text, key in keys.items()}
 
     def _decline(
         self,
