@@ -10,6 +10,7 @@ locked or read-only file, or a database server that is down, costs a re-screen, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -138,3 +139,25 @@ def screen_documents(
         cache.put_many(list(fresh.items()), guard.document_key)
     verdicts = {**known, **fresh}
     return [verdicts[h] for h in hashes]
+
+
+def remembered_reasons(
+    guard: InjectionGuard,
+    texts: Sequence[str],
+    memory: dict[bytes, str | None],
+    cache: VerdictCache | None,
+    kept: int,
+) -> dict[str, str | None]:
+    """Why the guard flags each text (None: it does not), each computed once: from `memory`
+    (a process's own, at most `kept` entries), else the cache the ingest screen filled under
+    the same detector key (a changed detector misses it), else screened in one batch and saved
+    there for the next process."""
+    keys = {text: hashlib.sha256(text.encode("utf-8")).digest() for text in texts}
+    todo = [text for text, key in keys.items() if key not in memory]
+    if todo:
+        verdicts = screen_documents(guard, todo, cache)
+        if len(memory) + len(todo) > kept:
+            memory.clear()  # bounded; the live chunks are screened again
+        for text, verdict in zip(todo, verdicts, strict=True):
+            memory[keys[text]] = "; ".join(verdict.reasons) if verdict.flagged else None
+    return {text: memory[key] for text, key in keys.items()}

@@ -13,7 +13,6 @@ Modes:
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 
@@ -26,7 +25,7 @@ from freshkb.core.timing import timed
 from freshkb.embeddings.embedder import Embedder
 from freshkb.screening import InjectionGuard
 from freshkb.screening.output import OutputVerdict, screen_answer
-from freshkb.screening.verdict_cache import VerdictCache, screen_documents
+from freshkb.screening.verdict_cache import VerdictCache, remembered_reasons
 from freshkb.serving.answer_log import AnswerJournal
 from freshkb.serving.answerability import Decline, decline, judge_hits
 from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage, answer_deadline
@@ -263,20 +262,10 @@ class AnswerService:
         return self._passage_verdicts_of([text])[text]
 
     def _passage_verdicts_of(self, texts: list[str]) -> dict[str, str | None]:
-        """Why the guard flags each passage (None: it does not), each text computed once: from
-        this process's memory, else the verdict cache the ingest screen filled under the same
-        detector key (a changed detector misses it), else screened here in one batch and saved
-        there for the next process."""
-        keys = {text: hashlib.sha256(text.encode("utf-8")).digest() for text in texts}
-        todo = [text for text, key in keys.items() if key not in self._passage_verdicts]
-        if todo:
-            verdicts = screen_documents(self.guard, todo, self.verdicts)
-            if len(self._passage_verdicts) + len(todo) > PASSAGE_VERDICTS_KEPT:
-                self._passage_verdicts.clear()  # bounded; the live chunks are screened again
-            for text, verdict in zip(todo, verdicts, strict=True):
-                reason = "; ".join(verdict.reasons) if verdict.flagged else None
-                self._passage_verdicts[keys[text]] = reason
-        return {text: self._passage_verdicts[key] for text, key in keys.items()}
+        """Why the guard flags each passage (None: it does not); see `remembered_reasons`."""
+        return remembered_reasons(
+            self.guard, texts, self._passage_verdicts, self.verdicts, PASSAGE_VERDICTS_KEPT
+        )
 
     def _decline(
         self,
