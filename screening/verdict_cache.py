@@ -10,7 +10,6 @@ locked or read-only file, or a database server that is down, costs a re-screen, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -128,10 +127,14 @@ def open_verdict_cache(settings: Settings) -> VerdictCache:
 
 
 def screen_documents(
-    guard: InjectionGuard, texts: Sequence[str], cache: VerdictCache | None
+    guard: InjectionGuard,
+    texts: Sequence[str],
+    cache: VerdictCache | None,
+    hashes: Sequence[str] | None = None,
 ) -> list[DocumentVerdict]:
-    """One verdict per text: cached ones reused, the rest inspected in one batch and saved."""
-    hashes = [content_hash(text) for text in texts]
+    """One verdict per text: cached ones reused, the rest inspected in one batch and saved.
+    `hashes`, when the caller has them, are the texts' `content_hash`es."""
+    hashes = [content_hash(text) for text in texts] if hashes is None else hashes
     known = cache.get_many(hashes, guard.document_key) if cache else {}
     todo = {h: text for h, text in zip(hashes, texts, strict=True) if h not in known}
     fresh = dict(zip(todo, guard.inspect_documents(list(todo.values())), strict=True))
@@ -144,7 +147,7 @@ def screen_documents(
 def remembered_reasons(
     guard: InjectionGuard,
     texts: Sequence[str],
-    memory: dict[bytes, str | None],
+    memory: dict[str, str | None],
     cache: VerdictCache | None,
     kept: int,
 ) -> dict[str, str | None]:
@@ -152,10 +155,10 @@ def remembered_reasons(
     (a process's own, at most `kept` entries), else the cache the ingest screen filled under
     the same detector key (a changed detector misses it), else screened in one batch and saved
     there for the next process."""
-    keys = {text: hashlib.sha256(text.encode("utf-8")).digest() for text in texts}
+    keys = {text: content_hash(text) for text in texts}  # the verdict cache's key too
     todo = [text for text, key in keys.items() if key not in memory]
     if todo:
-        verdicts = screen_documents(guard, todo, cache)
+        verdicts = screen_documents(guard, todo, cache, [keys[text] for text in todo])
         if len(memory) + len(todo) > kept:
             memory.clear()  # bounded; the live chunks are screened again
         for text, verdict in zip(todo, verdicts, strict=True):

@@ -104,7 +104,7 @@ class AnswerService:
         self.guard = guard
         # The guard's verdict per retrieved passage text (by hash): the same chunks come back
         # for many questions, and screening one costs tens of milliseconds of model time.
-        self._passage_verdicts: dict[bytes, str | None] = {}
+        self._passage_verdicts: dict[str, str | None] = {}
         # The ingest screen's verdicts, shared through the cache directory (build_runtime).
         self.verdicts: VerdictCache | None = None
         self.journal = journal
@@ -256,10 +256,6 @@ class AnswerService:
             else:
                 usable.append(hit)
         return usable
-
-    def _passage_verdict(self, text: str) -> str | None:
-        """Why the guard flags a passage (None: it does not)."""
-        return self._passage_verdicts_of([text])[text]
 
     def _passage_verdicts_of(self, texts: list[str]) -> dict[str, str | None]:
         """Why the guard flags each passage (None: it does not); see `remembered_reasons`."""
