@@ -36,6 +36,9 @@ TOKEN_CUSTOMER = re.compile(r"^customer:(?P<customer_id>\S{1,128})$")
 _NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
 TOKEN_UPLOAD = re.compile(rf"^upload(:(?P<sources>{_NAME}(,{_NAME})*))?$")
 WEAVIATE_VERSION = "1.39.3"
+# Set (to "1") while a one-off command's flow runs go to the temporary Prefect server it
+# started (cli/temporary_prefect.py): no one deployed there, so no concurrency limits exist.
+TEMPORARY_PREFECT_MARKER = "FRESHKB_TEMPORARY_PREFECT"
 
 
 def _xdg(var: str, fallback: str) -> Path:

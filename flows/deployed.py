@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
-from freshkb.core.config import Settings
+from freshkb.core.config import TEMPORARY_PREFECT_MARKER, Settings
 from freshkb.core.errors import FreshkbError
 from freshkb.core.report import RunReport
 from freshkb.core.sources import load_sources
@@ -54,9 +54,10 @@ def source_slot(source: str) -> Iterator[None]:
 
     Only against a Prefect server (PREFECT_API_URL set): `freshkb deploy` creates the limits
     there. In ephemeral mode every process has its own temporary server, so a limit would
-    serialize nothing and is not taken.
+    serialize nothing and is not taken (nor on the temporary server a one-off command starts
+    early, cli/temporary_prefect.py).
     """
-    if not os.environ.get("PREFECT_API_URL"):
+    if not os.environ.get("PREFECT_API_URL") or os.environ.get(TEMPORARY_PREFECT_MARKER):
         yield
         return
     # Not strict: on a server where `freshkb deploy` never ran, Prefect warns and runs free.

@@ -332,6 +332,10 @@ def test_cli_ingest_and_search_print_json(store, corpus_copy, tmp_path):
     assert ingest.returncode == 0, ingest.stderr[-3000:]
     report = json.loads(ingest.stdout)
     assert report["source"] == "cli-kb" and report["documents_new"] == 3
+    # The run went to the temporary server the command started early (cli/temporary_prefect.py);
+    # Prefect did not start its own at the flow run, and left no link to a UI that is not there.
+    assert "Starting temporary server" not in ingest.stderr
+    assert "Beginning flow run" in ingest.stderr and "View at" not in ingest.stderr
     found = subprocess.run(
         _freshkb("search", "free shipping threshold", "--k", "2", "--json"),
         capture_output=True,

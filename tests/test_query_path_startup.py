@@ -38,6 +38,7 @@ def test_probes_answer_while_loading_and_requests_reach_the_app_once_built() -> 
     def build(startup: Startup) -> FastAPI:
         startup.step("loading the embedding model")
         assert release.wait(10)
+        startup.step("building the API")
         return real_app()
 
     startup = Startup(build=build)
@@ -56,6 +57,9 @@ def test_probes_answer_while_loading_and_requests_reach_the_app_once_built() -> 
         assert client.get("/readyz").json() == {"ready": True, "from": "real app"}
         assert client.get("/v1/search").json() == {"hits": []}
     assert startup.ready_after is not None
+    # The step that waited for the release is named as the slowest in the start-up's breakdown.
+    assert startup.breakdown().startswith("loading the embedding model ")
+    assert set(startup.seconds) == {"starting", "loading the embedding model"}
 
 
 @pytest.mark.timeout(30)

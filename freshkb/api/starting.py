@@ -32,12 +32,21 @@ class Startup:
     current: str = "starting"
     started: float = field(default_factory=time.monotonic)
     ready_after: float | None = None  # seconds from start to a built app
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, once it has ended
+    _step_began: float = field(default_factory=time.monotonic)
     _thread: threading.Thread | None = None
     _begun: threading.Lock = field(default_factory=threading.Lock)
 
     def step(self, name: str) -> None:
-        """Name the step under way (shown by /readyz while starting)."""
-        self.current = name
+        """Name the step under way (shown by /readyz while starting); the one before ends."""
+        now = time.monotonic()
+        self.seconds[self.current] = round(now - self._step_began, 3)
+        self.current, self._step_began = name, now
+
+    def breakdown(self) -> str:
+        """Where the start-up's time went so far, slowest step first."""
+        slowest = sorted(self.seconds.items(), key=lambda item: -item[1])
+        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in slowest)
 
     def begin(self) -> threading.Thread:
         """Start building on a thread of its own (once; later calls return that thread)."""

@@ -185,7 +185,11 @@ def _build_app(settings: Settings, startup: Startup, runtimes: list[Runtime]) ->
     runtimes.append(runtime)
     startup.step("building the API")
     app = create_app(settings, runtime.service, runtime.ready)
-    err.print(f"ready {time.monotonic() - startup.started:.1f}s after start", highlight=False)
+    startup.step("ready")
+    err.print(
+        f"ready {time.monotonic() - startup.started:.1f}s after start ({startup.breakdown()})",
+        highlight=False,
+    )
     return app
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from freshkb.cli.options import ConfigOption, JsonFlag, config_argument, settings_for
 from freshkb.cli.output import err, fail, out, print_json, show_report, wide_console
 from freshkb.cli.prefect_runs import explained_prefect_failures, use_running_prefect_server
+from freshkb.cli.temporary_prefect import start_temporary_server
 from freshkb.core.durations import format_duration
 from freshkb.core.errors import ConfigError, FreshkbError
 from freshkb.core.records import SourceKind
@@ -72,6 +73,7 @@ def ingest(  # noqa: PLR0913
     try:
         settings = settings_for(config)
         use_running_prefect_server(settings)  # before Prefect is imported: it reads the URL once
+        start_temporary_server()  # else Prefect's own, booting while this command prepares
         if sum([name is not None, all_sources, source is not None]) != 1:
             raise ConfigError(
                 "give exactly one of: a source NAME, --all, or --source with --kind and --path"

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from freshkb.cli.temporary_prefect import on_temporary_server
 from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, TransientError
 
@@ -31,9 +32,13 @@ def allow_slow_prefect_start() -> None:
 
 @contextmanager
 def explained_prefect_failures() -> Iterator[None]:
-    """Turn Prefect's 'could not start its temporary server' into a TransientError with the fix."""
+    """Flow runs inside go to the temporary server the command started early, if it did
+    (cli/temporary_prefect.py); Prefect's 'could not start its temporary server' becomes a
+    TransientError with the fix."""
+    timeout = float(os.environ.get(STARTUP_TIMEOUT_VARIABLE, STARTUP_TIMEOUT_SECONDS))
     try:
-        yield
+        with on_temporary_server(timeout):
+            yield
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise
@@ -45,11 +50,15 @@ def prefect_start_fix(detail: str) -> str:
     if os.environ.get("PREFECT_API_URL"):
         raise ConfigError(f"Prefect API at {os.environ['PREFECT_API_URL']} failed: {detail}")
     timeout = os.environ.get(STARTUP_TIMEOUT_VARIABLE, STARTUP_TIMEOUT_SECONDS)
+    if "exited with status" in detail:
+        what, retry = "exited before it answered", "Rerun"
+    else:
+        what = f"did not start within {timeout}s (is the machine busy?)"
+        retry = f"Rerun, give it longer with {STARTUP_TIMEOUT_VARIABLE}=300"
     return (
-        f"Prefect's temporary API server did not start within {timeout}s (is the machine busy?); "
-        "nothing was ingested. Rerun, give it longer with "
-        f"{STARTUP_TIMEOUT_VARIABLE}=300, or run a Prefect server once (`prefect server start`) "
-        "and set PREFECT_API_URL=http://127.0.0.1:4200/api. "
+        f"Prefect's temporary API server {what}; nothing was ingested. {retry}, or run a "
+        "Prefect server once (`prefect server start`) and set "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api. "
         f"Prefect said: {detail[:300]}"
     )
 

@@ -18,6 +18,7 @@ from freshkb.cli.options import (
 )
 from freshkb.cli.output import err, fail, out, print_json, show_report
 from freshkb.cli.prefect_runs import explained_prefect_failures
+from freshkb.cli.temporary_prefect import start_temporary_server
 from freshkb.core.config import Settings
 from freshkb.core.errors import FreshkbError
 from freshkb.core.records import SourceKind
@@ -99,6 +100,7 @@ def rebuild(kind: KindOption, config: ConfigOption = None, json_out: JsonFlag = 
 
     try:
         settings = settings_for(config)
+        start_temporary_server()  # Prefect's, booting while Weaviate starts and Prefect imports
         server.ensure_running(settings, announce=err.print)
         load_sources(settings.config_file)
     except FreshkbError as exc:
