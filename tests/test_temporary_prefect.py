@@ -33,9 +33,14 @@ def stand_in(script: str) -> Any:
 
 @pytest.fixture
 def no_server(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """No Prefect server configured: not in the environment, nor in Prefect's settings (where
+    the session's test harness, once started, names its own)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_ENABLED", raising=False)
-    yield
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
     temporary_prefect.stop_temporary_server()
 
 
@@ -66,17 +71,26 @@ def test_nothing_starts_when_the_environment_names_a_server(
         assert url is None
 
 
-def test_a_server_that_exits_is_explained_with_its_log_and_the_fix(
+def test_nothing_starts_when_prefect_imported_already_names_a_server(
     no_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    monkeypatch.setattr(temporary_prefect, "_spawn", stand_in("import time; time.sleep(60)"))
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        temporary_prefect.start_temporary_server()  # as `freshkb eval` under a test harness
+    assert temporary_prefect._server is None
+
+
+def test_a_server_that_exits_is_explained_with_its_log_and_the_fix(
+    no_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
     crash = "import sys; print('database is locked'); sys.exit(1)"
     monkeypatch.setattr(temporary_prefect, "_spawn", stand_in(crash))
     temporary_prefect.start_temporary_server()
-    unconfigured = temporary_settings(updates={PREFECT_API_URL: None})
     explained = prefect_runs.explained_prefect_failures()
-    with unconfigured, pytest.raises(TransientError) as failed, explained:
+    with pytest.raises(TransientError) as failed, explained:
         pytest.fail("the body must not run without a server")
     message = str(failed.value)
     assert "temporary API server exited before it answered; nothing was ingested" in message

@@ -18,6 +18,7 @@ from rich.table import Table
 from freshkb.cli.options import ConfigOption, JsonFlag, settings_for
 from freshkb.cli.output import err, fail, print_json, wide_console
 from freshkb.cli.prefect_runs import explained_prefect_failures
+from freshkb.cli.temporary_prefect import start_temporary_server
 from freshkb.core.errors import FreshkbError
 
 if TYPE_CHECKING:
@@ -127,6 +128,8 @@ def evaluate(  # noqa: PLR0913
     )
     try:
         settings = settings_for(config)
+        if not live:  # the throw-away index is (re)built by ingest flows
+            start_temporary_server()
         with explained_prefect_failures(), _progress_bar() as progress:
             result = run_evaluation(options, settings, progress)
     except FreshkbError as exc:

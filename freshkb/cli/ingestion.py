@@ -73,7 +73,6 @@ def ingest(  # noqa: PLR0913
     try:
         settings = settings_for(config)
         use_running_prefect_server(settings)  # before Prefect is imported: it reads the URL once
-        start_temporary_server()  # else Prefect's own, booting while this command prepares
         if sum([name is not None, all_sources, source is not None]) != 1:
             raise ConfigError(
                 "give exactly one of: a source NAME, --all, or --source with --kind and --path"
@@ -82,6 +81,7 @@ def ingest(  # noqa: PLR0913
             sources = [ad_hoc_source(source, kind, path, include, ad_hoc)]
         else:
             sources = declared_sources(name, settings.config_file)
+        start_temporary_server()  # else Prefect's own, booting while this command prepares
         server.ensure_running(settings, announce=err.print)
     except FreshkbError as exc:
         raise fail(exc) from exc

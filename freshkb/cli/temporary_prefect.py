@@ -71,6 +71,11 @@ def start_temporary_server() -> None:
         return
     if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").lower() in ("0", "false"):
         return
+    if "prefect.settings" in sys.modules:  # imported already (a caller in Python): ask it
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return
     _server = _spawn(_free_port())
     atexit.register(stop_temporary_server)
 
