@@ -6,9 +6,7 @@ not start Prefect's own); here a stand-in process takes its place, to test the d
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +16,8 @@ from freshkb.core.errors import TransientError
 
 
 def stand_in(script: str) -> Any:
-    """A `_spawn` starting `python -c script` in place of the server, logging to a file."""
-
-    def spawn(port: int) -> temporary_prefect.TemporaryServer:
-        log = Path(temporary_prefect.tempfile.mkstemp(suffix=".log")[1])
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT
-            )
-        return temporary_prefect.TemporaryServer(process, port, log)
-
-    return spawn
+    """A `_spawn` starting `python -c script` in place of the server."""
+    return lambda port: temporary_prefect._run([sys.executable, "-c", script], port)
 
 
 @pytest.fixture

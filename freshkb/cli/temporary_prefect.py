@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,39 +26,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from freshkb.core.config import TEMPORARY_PREFECT_MARKER as MARKER
+from freshkb.core.errors import TransientError
+from freshkb.core.processes import ManagedProcess
 
 HOST = "127.0.0.1"
+NAME = "The ephemeral Prefect API server"
 _PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind
 _SETTINGS = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
 
 
 @dataclass
 class TemporaryServer:
-    """A temporary Prefect API server process and where it listens."""
+    """A temporary Prefect API server process and where it listens; its pid and log files
+    live in a folder of their own, removed when it stops."""
 
+    managed: ManagedProcess
     process: subprocess.Popen[bytes]
     port: int
-    log: Path
 
     @property
     def api_url(self) -> str:
         return f"http://{HOST}:{self.port}/api"
 
-    def log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-600:].strip()
-        except OSError:
-            return ""
+    @property
+    def log(self) -> Path:
+        return self.managed.log_file
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.unlink(missing_ok=True)
+        self.managed.stop(timeout=5.0)
+        shutil.rmtree(self.log.parent, ignore_errors=True)
 
 
 _server: TemporaryServer | None = None
@@ -114,19 +111,17 @@ def on_temporary_server(timeout: float) -> Iterator[str | None]:
 
 
 def _spawn(port: int) -> TemporaryServer:
-    handle, name = tempfile.mkstemp(prefix="freshkb-prefect-", suffix=".log")
     command = [sys.executable, "-m", "uvicorn", "--factory"]
     command += ["prefect.server.api.server:create_app", "--host", HOST, "--port", str(port)]
     command += ["--log-level", "error", "--lifespan", "on"]
-    with os.fdopen(handle, "wb") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, **_SETTINGS},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return TemporaryServer(process, port, Path(name))
+    return _run(command, port)
+
+
+def _run(command: list[str], port: int) -> TemporaryServer:
+    """`command` started as a managed process (core/processes.py) in a folder of its own."""
+    folder = Path(tempfile.mkdtemp(prefix="freshkb-prefect-"))
+    managed = ManagedProcess(folder / "server.pid", folder / "server.log")
+    return TemporaryServer(managed, managed.start(command, {**os.environ, **_SETTINGS}), port)
 
 
 def _await(server: TemporaryServer, timeout: float) -> TemporaryServer:
@@ -135,30 +130,29 @@ def _await(server: TemporaryServer, timeout: float) -> TemporaryServer:
     global _server
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = server.process.poll()
-        if status == _PORT_IN_USE:
-            server.log.unlink(missing_ok=True)
-            server = _server = _spawn(_free_port())
-            continue
-        if status is not None:
-            tail = server.log_tail()
-            stop_temporary_server()
-            raise RuntimeError(
-                f"The ephemeral Prefect API server exited with status {status}: {tail}"
-            )
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
-                return server
+            return httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    tail = server.log_tail()
-    stop_temporary_server()
-    raise RuntimeError(
-        f"Timed out while attempting to connect to ephemeral Prefect API server. {tail}"
-    )
+            return False
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            left = deadline - time.monotonic()
+            if server.managed.wait_ready(server.process, healthy, left, NAME, poll=0.1):
+                return server
+            problem = "Timed out while attempting to connect to ephemeral Prefect API server."
+        except TransientError:
+            status = server.process.returncode
+            if status == _PORT_IN_USE:
+                server.stop()
+                server = _server = _spawn(_free_port())
+                continue
+            problem = f"The ephemeral Prefect API server exited with status {status}:"
+        tail = server.managed.log_tail()
+        stop_temporary_server()
+        raise RuntimeError(f"{problem} {tail}")
 
 
 def _free_port() -> int:
