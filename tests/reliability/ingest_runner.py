@@ -51,6 +51,17 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _signal_here(signum: int) -> None:
+    """Stop or kill this process before the calling thread runs another line.
+
+    Sent to the thread itself, not the process: a signal sent to the process is taken by
+    whichever thread the kernel picks, and until that one runs, the caller goes on (measured:
+    a batch stopped at `batch:2` with os.kill still sent it to Weaviate, which sometimes
+    answered before the test killed it). A stop or a kill still ends every thread.
+    """
+    signal.pthread_kill(threading.get_ident(), signum)
+
+
 class Timeline:
     """The child's record of where it is; also what decides when to die."""
 
@@ -72,7 +83,7 @@ class Timeline:
     def die(self, where: str) -> None:
         """SIGKILL this process, after noting where."""
         self.event("killed", at=self.kill.get("at"), where=where, stage=self.stage)
-        os.kill(os.getpid(), signal.SIGKILL)
+        _signal_here(signal.SIGKILL)
 
     def point(self, name: str) -> None:
         """A named point of the run: note it; stop or die here if that is the plan."""
@@ -81,7 +92,7 @@ class Timeline:
             return
         if self.kill.get("action") == "stop":
             self.event("stopped", at=name)
-            os.kill(os.getpid(), signal.SIGSTOP)  # the test acts, then sends SIGCONT
+            _signal_here(signal.SIGSTOP)  # the test acts, then sends SIGCONT
             self.event("continued", at=name)
         elif self.kill.get("delay") is None:
             self.die(name)
@@ -126,8 +137,9 @@ def instrument(timeline: Timeline, write_batch: int) -> None:
     original_insert = writes._insert
 
     def insert(*args: Any, **kwargs: Any) -> int:
-        timeline.batches += 1
-        number = timeline.batches
+        with timeline.lock:  # batches are written from two threads at once
+            timeline.batches += 1
+            number = timeline.batches
         timeline.point(f"batch:{number}")
         timeline.arm(f"batch:{number}")
         written = original_insert(*args, **kwargs)

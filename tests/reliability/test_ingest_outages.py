@@ -136,8 +136,9 @@ def test_weaviate_killed_mid_write_fails_the_run_cleanly_and_the_next_run_conver
     report = failed.report
     assert report is not None and report["status"] == "failed", report
     assert "Weaviate" in report["error"] and "Traceback" not in report["error"], report["error"]
-    assert any(e["event"] == "after-batch:1" for e in failed.events)
-    assert not any(e["event"] == "after-batch:2" for e in failed.events)
+    timeline = "\n".join(str(e) for e in failed.events)
+    assert any(e["event"] == "after-batch:1" for e in failed.events), timeline
+    assert not any(e["event"] == "after-batch:2" for e in failed.events), timeline
     # The ledger did not move: the last good sync is the one before the outage.
     assert during_ledger.last_success_at == good.last_success_at
     assert during_ledger.last_success_flow_run_id == good.last_success_flow_run_id

@@ -25,6 +25,7 @@ from conftest import empty_index_and_ledger
 
 from freshkb.api import create_app
 from freshkb.core.config import Settings
+from freshkb.serving.admission import PLANNED_SHARE
 from freshkb.serving.runtime import Runtime, build_runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -249,8 +250,16 @@ def test_fifty_clients_get_answers_or_immediate_429s_never_errors(
         )
         if capacity < CLIENTS:
             assert tally.count(429), f"{name}: {CLIENTS} clients over {capacity} and none shed"
-        if tally.count(429):  # most shed at once; some are shed from the queue's back by design
-            assert tally.row()["429_p50_ms"] < tally.row()["p50_ms"], tally.row()
+        row = tally.row()
+        if tally.count(429):
+            # A refusal never comes after the wait a queued request is planned to get: most
+            # are shed on arrival, some from the queue's back once the work runs slower.
+            planned_ms = 1000 * PLANNED_SHARE * settings.answer_queue_seconds
+            assert row["429_p50_ms"] < min(planned_ms, row["p95_ms"]), row
+        if tally.count(429) >= 0.1 * tally.count():
+            # Under real overload, refused at once: faster than the answers themselves. (The
+            # median of a handful of 429s is a few requests' luck on a busy event loop.)
+            assert row["429_p50_ms"] < row["p50_ms"], row
     assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
     state = app.state.api
     for gate in (state.answer_gate, state.search_gate):
