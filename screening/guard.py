@@ -22,6 +22,7 @@ import numpy as np
 from freshkb.embeddings.embedder import Embedder, select_embedder
 from freshkb.screening.detector import DOCUMENT_THRESHOLD, ExemplarDetector
 from freshkb.screening.fitted import fit_key, load_or_fit
+from freshkb.screening.gate import PassageGate, load_gate
 from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules, rules_digest
 from freshkb.screening.text import (
     READING_VERSION,
@@ -57,11 +58,12 @@ MIN_DOCUMENT_DETECTOR_WORDS = 5
 Scores = tuple[float, float]
 
 
-def document_key(fitted_key: str) -> str:
-    """sha256 of what a document verdict depends on: the fitted detector, the rules, the
-    thresholds and word limits; the key of cached verdicts (screening/verdict_cache.py)."""
+def document_key(fitted_key: str, gate_key: str = "no gate") -> str:
+    """sha256 of what a document verdict depends on: the fitted detector, its gate, the rules,
+    the thresholds and word limits; the key of cached verdicts (screening/verdict_cache.py)."""
     parts = (
         fitted_key,
+        gate_key,
         rules_digest(),
         DOCUMENT_THRESHOLD,
         CORROBORATING_THRESHOLD,
@@ -81,11 +83,13 @@ class InjectionGuard:
         documents: ExemplarDetector,
         rules: RuleBook,
         fitted_key: str = "unfitted",
+        gate: PassageGate | None = None,
     ):
         self.questions = questions
         self.documents = documents
         self.rules = rules
-        self.document_key = document_key(fitted_key)
+        self.gate = gate  # None: the detector judges every passage
+        self.document_key = document_key(fitted_key, gate.key if gate else "no gate")
 
     def screen_questions(self, questions: Sequence[str]) -> list[QuestionVerdict]:
         """One verdict per question, embedding them in one batch."""
@@ -142,7 +146,8 @@ class InjectionGuard:
         return matches
 
     def _score_passages(self, passages: list[list[str]]) -> dict[str, Scores]:
-        """Detector scores of every passage long enough to judge."""
+        """Detector scores of every passage long enough to judge that the gate passes or a
+        rule matches; a passage without scores counts as clean."""
         # Repeated passages (page headers and footers of a PDF) are embedded once.
         scored = list(
             dict.fromkeys(
@@ -152,6 +157,12 @@ class InjectionGuard:
                 if word_count(p) >= MIN_DOCUMENT_DETECTOR_WORDS
             )
         )
+        if self.gate is not None:
+            rules = self.rules.document_rules  # a weak rule's match needs the detector's view
+            passes = self.gate.passes(scored)
+            scored = [
+                p for p, ok in zip(scored, passes, strict=True) if ok or match_rules(p, rules)
+            ]
         probabilities, margins = self.documents.score(scored)
         return {
             p: (float(prob), float(margin))
@@ -218,12 +229,14 @@ def detector_embedder(cache_dir: Path | None = None) -> Embedder:
 
 
 def build_guard(
-    embedder: Embedder, cache_dir: Path | None, use_shipped: bool = False
+    embedder: Embedder, cache_dir: Path | None, use_shipped: bool = False, gate: bool = True
 ) -> InjectionGuard:
     """A new guard whose detectors are loaded from cache_dir, or fitted and saved there.
 
     With `use_shipped` (only for the bundled detector model's own vectors) the parameters
     shipped in the package are used when they were fitted on the same exemplars and model.
+    With `gate` (screening/gate.py) the document detector judges only the passages its first
+    pass sends it.
     """
     fitted = load_or_fit(embedder, cache_dir, use_shipped)
     return InjectionGuard(
@@ -231,6 +244,7 @@ def build_guard(
         ExemplarDetector(embedder, fitted.documents),
         load_rules(),
         fit_key(embedder.model_id),
+        load_gate() if gate else None,
     )
 
 
