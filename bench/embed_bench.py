@@ -93,21 +93,23 @@ def embed_rows(texts: list[str], cache_dir: Path) -> list[dict[str, object]]:
 
 
 def screen_rows(texts: list[str], cache_dir: Path, embed_seconds: float) -> list[dict[str, object]]:
-    """The screen before (torch, no gate, no cache), without its gate (screening/gate.py), and
-    as it runs, cold and warm, against the embed stage's time."""
+    """The screen before (torch, no prefilter, no cache), without its prefilter
+    (screening/prefilter.py), and as it runs, cold and warm, against the embed stage's time."""
     from freshkb.embeddings.embedder import get_embedder
     from freshkb.screening import build_guard, load_guard
     from freshkb.screening.guard import detector_embedder
     from freshkb.screening.verdict_cache import VerdictCache, screen_documents, verdict_cache_path
 
     torch = get_embedder("all-MiniLM-L6-v2", "cpu")
-    before = build_guard(torch, None, use_shipped=True, gate=False)
-    ungated = build_guard(detector_embedder(cache_dir), None, use_shipped=True, gate=False)
+    before = build_guard(torch, None, use_shipped=True, prefilter=False)
+    unfiltered = build_guard(detector_embedder(cache_dir), None, use_shipped=True, prefilter=False)
     guard = load_guard(cache_dir=cache_dir)
     cache = VerdictCache(verdict_cache_path(cache_dir))
     runs = {
         "screen, torch, no verdict cache (before)": lambda: before.inspect_documents(texts),
-        "screen, default backend, no gate, no cache": lambda: ungated.inspect_documents(texts),
+        "screen, default backend, no prefilter, no cache": lambda: unfiltered.inspect_documents(
+            texts
+        ),
         "screen, default backend, empty verdict cache": lambda: screen_documents(
             guard, texts, cache
         ),

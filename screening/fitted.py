@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -57,13 +58,15 @@ class FittedDetectors:
     documents: DetectorParameters
 
 
+def key_of(*parts: object) -> str:
+    """sha256 over parts, one per line: the key fitted parameters are saved under."""
+    return hashlib.sha256("".join(f"{part}\n" for part in parts).encode()).hexdigest()
+
+
 def fit_key(model_id: str) -> str:
     """sha256 of everything the document detector's parameters depend on."""
-    digest = hashlib.sha256()
     parts = (exemplars_digest(), DETECTOR_VERSION, L2_PENALTY, NEIGHBOURS, DOCUMENT_THRESHOLD)
-    for part in (*parts, model_id):
-        digest.update(f"{part}\n".encode())
-    return digest.hexdigest()
+    return key_of(*parts, model_id)
 
 
 def question_key(model_id: str) -> str:
@@ -109,36 +112,49 @@ def load_or_fit(
     return FittedDetectors(questions, documents)
 
 
-def load_shipped(name: str, key: str) -> DetectorParameters | None:
-    """Parameters shipped in the package file `name`, or None when fitted under another key."""
+def package_file(name: str) -> BinaryIO | None:
+    """A data file shipped in the screening package, or None when it is not there."""
     try:
-        raw = files("freshkb.screening").joinpath(name).read_bytes()
+        return io.BytesIO(files("freshkb.screening").joinpath(name).read_bytes())
     except OSError:
         return None
-    return load_fitted(io.BytesIO(raw), key)
+
+
+def load_shipped(name: str, key: str) -> DetectorParameters | None:
+    """Parameters shipped in the package file `name`, or None when fitted under another key."""
+    source = package_file(name)
+    return None if source is None else load_fitted(source, key)
+
+
+def read_keyed(
+    source: Path | BinaryIO, key: str, parts: Sequence[str]
+) -> dict[str, np.ndarray] | None:
+    """The arrays `parts` saved at source under `key`, as float64; None when missing, under
+    another key, or unreadable (logged)."""
+    try:
+        with np.load(source, allow_pickle=False) as saved:
+            if str(saved["key"]) != key:
+                return None
+            # float64 whatever was saved: shipped float32 rows convert back exactly.
+            return {part: np.asarray(saved[part], dtype=np.float64) for part in parts}
+    except FileNotFoundError:
+        return None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        log.warning("%s: unreadable (%s); fitting again", getattr(source, "name", source), exc)
+        return None
 
 
 def load_fitted(path: Path | BinaryIO, key: str) -> DetectorParameters | None:
     """The parameters saved at path, or None when missing, unreadable or under another key."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["key"]) != key:
-                return None
-            # float64 whatever was saved: shipped exemplar rows are the float32 model outputs,
-            # which convert back exactly.
-            arrays = {part: np.asarray(saved[part], dtype=np.float64) for part in _PARTS}
-        threshold = float(arrays.pop("threshold"))
-        return DetectorParameters(**arrays, threshold=threshold)
-    except FileNotFoundError:
+    arrays = read_keyed(path, key, _PARTS)
+    if arrays is None:
         return None
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        log.warning("%s: unreadable (%s); fitting the detector again", path, exc)
-        return None
+    threshold = float(arrays.pop("threshold"))
+    return DetectorParameters(**arrays, threshold=threshold)
 
 
-def _arrays(key: str, parameters: DetectorParameters, exemplar_type: Any) -> dict[str, Any]:
+def _arrays(parameters: DetectorParameters, exemplar_type: Any) -> dict[str, Any]:
     return {
-        "key": np.asarray(key),
         "attacks": parameters.attacks.astype(exemplar_type),
         "benign": parameters.benign.astype(exemplar_type),
         "weights": parameters.weights,
@@ -153,7 +169,7 @@ def save_fitted(path: Path, key: str, parameters: DetectorParameters) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("wb") as file:
-            np.savez(file, **_arrays(key, parameters, np.float64))
+            np.savez(file, key=np.asarray(key), **_arrays(parameters, np.float64))
         partial.replace(path)
     except OSError as exc:
         # A read-only or full cache costs a fit at every start, not the service.
@@ -161,12 +177,17 @@ def save_fitted(path: Path, key: str, parameters: DetectorParameters) -> None:
         partial.unlink(missing_ok=True)
 
 
-def ship_fitted(path: Path, key: str, parameters: DetectorParameters) -> None:
-    """Write parameters as a shipped package file: exemplar rows as float32 (what the model
-    gave, so exact), compressed, to keep the package small."""
+def ship_arrays(path: Path, key: str, arrays: Mapping[str, Any]) -> None:
+    """Write arrays under key as a shipped package file, compressed to keep the package small."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as file:
-        np.savez_compressed(file, **_arrays(key, parameters, np.float32))
+        np.savez_compressed(file, key=np.asarray(key), **arrays)
+
+
+def ship_fitted(path: Path, key: str, parameters: DetectorParameters) -> None:
+    """Write parameters as a shipped package file: exemplar rows as float32 (what the model
+    gave, so exact)."""
+    ship_arrays(path, key, _arrays(parameters, np.float32))
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from freshkb.embeddings.embedder import Embedder, select_embedder
 from freshkb.screening.detector import DOCUMENT_THRESHOLD, ExemplarDetector
 from freshkb.screening.fitted import fit_key, load_or_fit
-from freshkb.screening.gate import PassageGate, load_gate
+from freshkb.screening.prefilter import Prefilter, load_prefilter
 from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules, rules_digest
 from freshkb.screening.text import (
     READING_VERSION,
@@ -58,12 +58,12 @@ MIN_DOCUMENT_DETECTOR_WORDS = 5
 Scores = tuple[float, float]
 
 
-def document_key(fitted_key: str, gate_key: str = "no gate") -> str:
-    """sha256 of what a document verdict depends on: the fitted detector, its gate, the rules,
+def document_key(fitted_key: str, prefilter_key: str = "no prefilter") -> str:
+    """sha256 of what a document verdict depends on: the fitted detector, its prefilter, the rules,
     the thresholds and word limits; the key of cached verdicts (screening/verdict_cache.py)."""
     parts = (
         fitted_key,
-        gate_key,
+        prefilter_key,
         rules_digest(),
         DOCUMENT_THRESHOLD,
         CORROBORATING_THRESHOLD,
@@ -83,13 +83,14 @@ class InjectionGuard:
         documents: ExemplarDetector,
         rules: RuleBook,
         fitted_key: str = "unfitted",
-        gate: PassageGate | None = None,
+        prefilter: Prefilter | None = None,
     ):
         self.questions = questions
         self.documents = documents
         self.rules = rules
-        self.gate = gate  # None: the detector judges every passage
-        self.document_key = document_key(fitted_key, gate.key if gate else "no gate")
+        self.prefilter = prefilter  # None: the detector judges every passage
+        key = prefilter.key if prefilter else "no prefilter"
+        self.document_key = document_key(fitted_key, key)
 
     def screen_questions(self, questions: Sequence[str]) -> list[QuestionVerdict]:
         """One verdict per question, embedding them in one batch."""
@@ -146,8 +147,9 @@ class InjectionGuard:
         return matches
 
     def _score_passages(self, passages: list[list[str]]) -> dict[str, Scores]:
-        """Detector scores of every passage long enough to judge that the gate passes or a
-        rule matches; a passage without scores counts as clean."""
+        """Detector scores of every passage long enough to judge that the prefilter passes or
+        a rule matches; a passage without scores counts as clean (a document's score is then the
+        highest of those scored)."""
         # Repeated passages (page headers and footers of a PDF) are embedded once.
         scored = list(
             dict.fromkeys(
@@ -157,9 +159,9 @@ class InjectionGuard:
                 if word_count(p) >= MIN_DOCUMENT_DETECTOR_WORDS
             )
         )
-        if self.gate is not None:
+        if self.prefilter is not None:
             rules = self.rules.document_rules  # a weak rule's match needs the detector's view
-            passes = self.gate.passes(scored)
+            passes = self.prefilter.passes(scored)
             scored = [
                 p for p, ok in zip(scored, passes, strict=True) if ok or match_rules(p, rules)
             ]
@@ -229,14 +231,14 @@ def detector_embedder(cache_dir: Path | None = None) -> Embedder:
 
 
 def build_guard(
-    embedder: Embedder, cache_dir: Path | None, use_shipped: bool = False, gate: bool = True
+    embedder: Embedder, cache_dir: Path | None, use_shipped: bool = False, prefilter: bool = True
 ) -> InjectionGuard:
     """A new guard whose detectors are loaded from cache_dir, or fitted and saved there.
 
     With `use_shipped` (only for the bundled detector model's own vectors) the parameters
     shipped in the package are used when they were fitted on the same exemplars and model.
-    With `gate` (screening/gate.py) the document detector judges only the passages its first
-    pass sends it.
+    With `prefilter` (screening/prefilter.py) the document detector judges only the passages
+    that first pass, or a rule, sends it.
     """
     fitted = load_or_fit(embedder, cache_dir, use_shipped)
     return InjectionGuard(
@@ -244,7 +246,7 @@ def build_guard(
         ExemplarDetector(embedder, fitted.documents),
         load_rules(),
         fit_key(embedder.model_id),
-        load_gate() if gate else None,
+        load_prefilter() if prefilter else None,
     )
 
 
