@@ -117,8 +117,11 @@ class InjectionGuard:
     def inspect_documents(self, texts: Sequence[str]) -> list[DocumentVerdict]:
         """One verdict per document text, embedding all their passages in one batch."""
         passages = [_document_passages(text) for text in texts]
-        scores = self._score_passages(passages)
-        return [self._document_verdict(group, scores) for group in passages]
+        # Each distinct passage is matched once: the prefilter and the verdict both read it.
+        rules = self.rules.document_rules
+        matches = {p: match_rules(p, rules) for group in passages for p in group}
+        scores = self._score_passages(passages, matches)
+        return [self._document_verdict(group, scores, matches) for group in passages]
 
     def _question_verdict(
         self, text: str, probabilities: np.ndarray, margins: np.ndarray
@@ -146,7 +149,9 @@ class InjectionGuard:
             )
         return matches
 
-    def _score_passages(self, passages: list[list[str]]) -> dict[str, Scores]:
+    def _score_passages(
+        self, passages: list[list[str]], matches: dict[str, tuple[RuleMatch, ...]]
+    ) -> dict[str, Scores]:
         """Detector scores of every passage long enough to judge that the prefilter passes or
         a rule matches; a passage without scores counts as clean (a document's score is then the
         highest of those scored)."""
@@ -159,29 +164,31 @@ class InjectionGuard:
                 if word_count(p) >= MIN_DOCUMENT_DETECTOR_WORDS
             )
         )
-        if self.prefilter is not None:
-            rules = self.rules.document_rules  # a weak rule's match needs the detector's view
+        if self.prefilter is not None:  # a weak rule's match needs the detector's view
             passes = self.prefilter.passes(scored)
-            scored = [
-                p for p, ok in zip(scored, passes, strict=True) if ok or match_rules(p, rules)
-            ]
+            scored = [p for p, ok in zip(scored, passes, strict=True) if ok or matches[p]]
         probabilities, margins = self.documents.score(scored)
         return {
             p: (float(prob), float(margin))
             for p, prob, margin in zip(scored, probabilities, margins, strict=True)
         }
 
-    def _document_verdict(self, group: list[str], scores: dict[str, Scores]) -> DocumentVerdict:
+    def _document_verdict(
+        self,
+        group: list[str],
+        scores: dict[str, Scores],
+        matches: dict[str, tuple[RuleMatch, ...]],
+    ) -> DocumentVerdict:
         flagged: list[SuspiciousPassage] = []
         any_rule = any_detector = False
         for passage in group:
             probability, margin = scores.get(passage, (0.0, -1.0))
-            matches = match_rules(passage, self.rules.document_rules)
+            matched = matches[passage]
             detector_hit = probability >= DOCUMENT_THRESHOLD and margin >= 0
-            any_rule |= bool(matches)
+            any_rule |= bool(matched)
             any_detector |= detector_hit
-            if detector_hit or self._rules_decide(matches, probability, margin):
-                flagged.append(SuspiciousPassage(passage, probability, detector_hit, matches))
+            if detector_hit or self._rules_decide(matched, probability, margin):
+                flagged.append(SuspiciousPassage(passage, probability, detector_hit, matched))
         document_scores = [1.0 if p.rule_matches else p.detector_score for p in flagged] or [
             scores.get(p, (0.0, 0.0))[0] for p in group
         ]

@@ -40,6 +40,7 @@ import numpy as np
 from freshkb.screening.detector import fit_logistic
 from freshkb.screening.exemplars import document_exemplars, exemplars_digest
 from freshkb.screening.fitted import key_of, package_file, read_keyed, ship_arrays
+from freshkb.screening.text import word_windows
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,8 @@ def probabilities(parameters: PrefilterParameters, vectors: np.ndarray) -> np.nd
 
 def windows(text: str) -> list[str]:
     """The text whole, and in overlapping windows of WINDOW_WORDS words when longer."""
-    words = text.split()
-    if len(words) <= WINDOW_WORDS + WINDOW_STRIDE:
-        return [text]
-    starts = range(0, len(words) - WINDOW_STRIDE, WINDOW_STRIDE)
-    return [text, *(" ".join(words[start : start + WINDOW_WORDS]) for start in starts)]
+    pieces = word_windows(text.split(), WINDOW_WORDS, WINDOW_STRIDE)
+    return [text, *pieces] if len(pieces) > 1 else [text]
 
 
 def _fit(vectors: np.ndarray, labels: np.ndarray, threshold: float = 0.0) -> PrefilterParameters:
@@ -213,12 +211,7 @@ def main() -> None:
 
     parameters = fit_prefilter(WordTable(_bundled_folder()))
     target = Path(__file__).resolve().parent / PREFILTER_FILE
-    arrays = {
-        "means": parameters.means,
-        "scales": parameters.scales,
-        "weights": parameters.weights,
-        "threshold": np.asarray(parameters.threshold),
-    }
+    arrays = {part: np.asarray(getattr(parameters, part)) for part in _PARTS}
     ship_arrays(target, prefilter_key(BUNDLED_MODEL_ID), arrays)
     print(f"wrote {target} (threshold {parameters.threshold:.4g})")
 

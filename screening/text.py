@@ -63,18 +63,18 @@ def split_passages(text: str) -> list[str]:
     for part in _SENTENCE_BREAK.split(text):
         part = _FIELD_PREFIX.sub("", part.strip())
         for piece in (part, *(part[glued.start() :] for glued in _GLUED.finditer(part))):
-            passages += _windows(piece.split())
+            passages += word_windows(piece.split())
     return passages
 
 
-def _windows(words: list[str]) -> list[str]:
-    """A passage's words as one passage, or in overlapping windows when it runs long."""
-    if len(words) <= WINDOW_WORDS + WINDOW_STRIDE:
+def word_windows(
+    words: list[str], size: int = WINDOW_WORDS, stride: int = WINDOW_STRIDE
+) -> list[str]:
+    """Words as one passage, or in overlapping windows of `size` when longer than size + stride."""
+    if len(words) <= size + stride:
         return [" ".join(words)] if words else []
-    return [
-        " ".join(words[start : start + WINDOW_WORDS])
-        for start in range(0, len(words) - WINDOW_STRIDE, WINDOW_STRIDE)
-    ]
+    starts = range(0, len(words) - stride, stride)
+    return [" ".join(words[start : start + size]) for start in starts]
 
 
 def word_count(text: str) -> int:
