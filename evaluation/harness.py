@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from freshkb.core.config import Settings
+from freshkb.evaluation.answer_pages import PageText, PdfPageTexts, judge_answer_pages
 from freshkb.evaluation.cases import (
     CaseError,
     CaseSet,
@@ -181,7 +182,8 @@ def _run_live(
         tempfile.TemporaryDirectory(prefix="freshkb-eval-") as work,
         answer_path(settings, llm_off, Path(work)) as runtime,
     ):
-        return _run_cases(runtime, cases, options.k, {}, report)
+        pages = PdfPageTexts(options.corpus) if options.corpus else None
+        return _run_cases(runtime, cases, options.k, {}, report, pages)
 
 
 def _run_throwaway(
@@ -200,7 +202,8 @@ def _run_throwaway(
                 )
             sources = {s["name"]: s for s in plan.sources}
             with answer_path(built.settings, options.llm == LLM_OFF, None) as runtime:
-                return _run_cases(runtime, cases, options.k, sources, report)
+                pages = PdfPageTexts(corpus)
+                return _run_cases(runtime, cases, options.k, sources, report, pages)
 
 
 def _run_cases(
@@ -209,6 +212,7 @@ def _run_cases(
     k: int,
     sources: dict[str, dict[str, Any]],
     report: Progress,
+    pages: PageText | None = None,
 ) -> list[Outcome]:
     """Every case, staleness last (it changes the ledger for one question at a time)."""
     total, outcomes = cases.total, []
@@ -217,14 +221,14 @@ def _run_cases(
         report(f"answering {kind}", done, total)
         if kind == "staleness":
             with planted_state(runtime.service.settings, sources[case.source], case.state):
-                outcomes.append(_judge(runtime, kind, case, k))
+                outcomes.append(_judge(runtime, kind, case, k, pages))
         else:
-            outcomes.append(_judge(runtime, kind, case, k))
+            outcomes.append(_judge(runtime, kind, case, k, pages))
     report("answered", total, total)
     return outcomes
 
 
-def _judge(runtime: Runtime, kind: str, case: Any, k: int) -> Outcome:
+def _judge(runtime: Runtime, kind: str, case: Any, k: int, pages: PageText | None) -> Outcome:
     """Ask one case's question and judge what came back."""
     question = case.text if kind == "injection" else case.question
     outcome = replace(_ask(runtime, kind, case.id, question, k), half=half_of(case))
@@ -235,6 +239,7 @@ def _judge(runtime: Runtime, kind: str, case: Any, k: int) -> Outcome:
         problems.append(f"served ungrounded: {outcome.ungrounded}")
     if kind == "qa":
         outcome = _judge_qa(runtime, outcome, case, k, problems)
+        outcome = judge_answer_pages(outcome, case, pages)
     elif kind == "out_of_scope" and outcome.mode not in DECLINED:
         problems.append(f"answered ({outcome.mode}) a question the corpus does not answer")
     elif kind == "injection":

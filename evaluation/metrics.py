@@ -60,6 +60,10 @@ class Outcome:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     rank: int | None = None  # qa: rank of the first right page retrieved
+    # qa, when the corpus's page texts are at hand (evaluation/answer_pages.py): the rank of the
+    # first page holding the reference answer, and whether the next page was added to it
+    answer_page_rank: int | None = None
+    answer_page_moved: bool | None = None
     cited_right_page: bool = False
     f1: float | None = None
     cosine: float | None = None
@@ -178,6 +182,18 @@ def has_right_citation(cited: Iterable[Retrieved], wanted: Iterable[PageRef]) ->
     return first_rank([(c.file, c.page) for c in cited], wanted) is not None
 
 
+def _answer_page_figures(answered: list[Outcome], k: int) -> dict[str, float | None]:
+    """hit@1 and hit@k on the pages that hold the reference answer (a diagnostic, see
+    evaluation/answer_pages.py), and the share of cases whose next page was added."""
+    judged = [o for o in answered if o.answer_page_moved is not None]
+    ranks = [o.answer_page_rank for o in judged]
+    return {
+        "answer_page_hit_at_1": hit_at(ranks, 1),
+        f"answer_page_hit_at_{k}": hit_at(ranks, k),
+        "answer_page_moved": share(sum(bool(o.answer_page_moved) for o in judged), len(judged)),
+    }
+
+
 # -- aggregates --------------------------------------------------------------------------
 
 
@@ -227,6 +243,7 @@ def _retrieval_figures(qa: list[Outcome], k: int) -> dict[str, float | None]:
         f"page_hit_at_{k}": hit_at(ranks, k),
         "mrr": mean_reciprocal_rank(ranks),
         "cited_right_page": share(sum(o.cited_right_page for o in answered), len(answered)),
+        **_answer_page_figures(answered, k),
         "false_refusal_rate": share(sum(o.mode in DECLINED for o in answered), len(answered)),
         "answer_token_f1_approx": mean([o.f1 for o in answered if o.f1 is not None]),
         "answer_cosine_approx": mean([o.cosine for o in answered if o.cosine is not None]),

@@ -100,8 +100,9 @@ def _slo_table(result: EvalResult) -> str:
 
 def _groups(result: EvalResult) -> list[tuple[str, tuple[str, ...]]]:
     k_hit = tuple(n for n in result.metrics if n.startswith("page_hit_at_"))
+    answer_hit = tuple(n for n in result.metrics if n.startswith("answer_page_"))
     groups = dict(GROUPS)
-    groups["Retrieval"] = tuple(dict.fromkeys(("page_hit_at_1", *k_hit, "mrr")))
+    groups["Retrieval"] = tuple(dict.fromkeys(("page_hit_at_1", *k_hit, "mrr", *answer_hit)))
     groups["Latency per stage (ms)"] = tuple(n for n in result.metrics if n.startswith("stage_"))
     return list(groups.items())
 

@@ -309,6 +309,8 @@ def test_grounded_model_gives_known_figures_and_passes_the_gate(
         "staleness": 2,
     }
     assert figures["page_hit_at_5"] == 1.0 and figures["cited_right_page"] == 1.0
+    # no case cites a page: the answer pages are the cited files, and none moved
+    assert figures["answer_page_hit_at_5"] == 1.0 and figures["answer_page_moved"] == 0.0
     assert figures["false_refusal_rate"] == 0.0 and figures["out_of_scope_declined"] == 1.0
     assert figures["injection_blocked"] == 1.0
     assert figures["injection_false_positive_rate"] == 0.0
@@ -353,4 +355,10 @@ def test_ci_gate_dev_cases_with_the_llm_off_pass_the_slo_file(
     failed = [c for c in result["slo"] if c["status"] != "PASS"]
     assert code == 0 and not failed, failed
     assert result["counts"]["qa"] == 101 and result["counts"]["injection"] == 40
+    # the answer pages were read from the benefits PDFs: some labels gained the next page, and
+    # adding pages can only bring a hit earlier
+    figures = result["metrics"]
+    assert 0 < figures["answer_page_moved"] < 1
+    assert figures["answer_page_hit_at_1"] >= figures["page_hit_at_1"]
+    assert figures["answer_page_hit_at_5"] >= figures["page_hit_at_5"]
     assert {i["name"] for i in result["ignored"]} >= {"README.md"}
