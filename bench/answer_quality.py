@@ -104,6 +104,7 @@ def fit(outcomes: list[Any], min_relevance: float) -> None:
         if o.kind in ("qa", "out_of_scope") and o.answerability and o.half in rows:
             fields = {k: v for k, v in o.answerability.items() if k != "probability"}
             fields["missing"] = tuple(fields["missing"])
+            fields["unknown_names"] = tuple(fields.get("unknown_names", ()))
             rows[o.half].append((Evidence(**fields), o.kind == "qa"))
     answerable = sum(ok for _, ok in rows["A"])
     notes = (

@@ -19,13 +19,16 @@ every answerable e-mail question of the dev cases, so it does not carry beyond t
 was fitted on; set it (e.g. to the file's threshold) for a corpus and question style like those.
 
 A question is declined when its best passage's relevance is under `answer_min_relevance` (the
-floor it always had), when the model finds it unanswerable, or when no key word of it appears
-in any passage. Refuse or escalate, the rule
-`decline` applies: a declined question is off-topic, and refused, when it is far from
-everything the knowledge base holds (its best passage's relevance under OFF_TOPIC_SHARE of
-`answer_min_relevance`, or none of its key words in any passage and its best passage under the
-floor); otherwise it is in the
-knowledge base's domain but not answered by it, and escalated to a human, who can. With
+floor it always had), when the model finds it unanswerable, when no key word of it appears
+in any passage, or when it names something the searchable sources never mention (`names`: a
+capitalised word inside a sentence, such as a plan or product name, that no chunk of the fresh
+sources and none of the customer's own records contains; one keyword query per name).
+
+Refuse or escalate, the rule `decline` applies: a declined question is off-topic, and refused,
+when it is far from everything the knowledge base holds (its best passage's relevance under
+OFF_TOPIC_SHARE of `answer_min_relevance`, or none of its key words in any passage and its best
+passage under the floor); otherwise it is in the knowledge base's domain but not answered by
+it, and escalated to a human, who can. With
 sources left out as stale, a human always gets it: the answer may be in what was left out.
 """
 
@@ -42,14 +45,20 @@ from importlib.resources import files
 from pathlib import Path
 
 from freshkb.core.config import Settings
+from freshkb.core.errors import TransientError
 from freshkb.serving.grounding import STOPWORDS
-from freshkb.store.protocol import SearchHit
+from freshkb.store.protocol import IndexReader, SearchHit
 
 FEATURES = ("best_relevance", "mean_relevance", "coverage")
 OFF_TOPIC_SHARE = 0.6  # of answer_min_relevance: below it, nothing retrieved is even near
 MODEL_FILE = "data/answerability.json"
 _WORD = re.compile(r"[a-z0-9]+")
 _TOP = 5  # passages the mean relevance is taken over
+# A capitalised word, or several run together ("TrailMaster"), with a possessive or hyphenated
+# part; not all capitals: acronyms are often spelled out in the documents.
+_NAME = re.compile(r"(?:[A-Z][a-z]+)+(?:['\u2019-][A-Za-z]+)*")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+MAX_NAMES = 4  # keyword lookups per question, at most
 _STEM = 5  # letters a stem keeps: "deductibles" and "deductible" meet, "plan" stays "plan"
 _LABELS = {
     "best_relevance": "best passage relevance",
@@ -86,15 +95,50 @@ class Evidence:
     mean_relevance: float
     coverage: float
     missing: tuple[str, ...] = ()
+    unknown_names: tuple[str, ...] = ()  # names the searchable sources never mention
 
     def values(self, names: Sequence[str]) -> list[float]:
         """The named features' values, in order."""
         return [float(getattr(self, name)) for name in names]
 
 
-def gather_evidence(question: str, passages: Sequence[tuple[str, float | None]]) -> Evidence:
+def names(question: str) -> list[str]:
+    """What a question names: its capitalised words other than each sentence's first, without
+    a possessive 's, stopwords and question words (at most MAX_NAMES, in order)."""
+    found: list[str] = []
+    for sentence in _SENTENCE.split(question.strip()):
+        words = sentence.split()
+        for word in words[1:]:
+            match = _NAME.fullmatch(word.strip("\"'()[]{}.,;:!?"))
+            if match is None:
+                continue
+            name = re.sub(r"['\u2019]s$", "", match.group())
+            if len(name) > 2 and name.lower() not in _question_words() and name not in found:
+                found.append(name)
+    return found[:MAX_NAMES]
+
+
+def unknown_names(
+    store: IndexReader, question: str, customer_id: str | None, sources: Sequence[str] | None
+) -> tuple[str, ...]:
+    """The question's names that no chunk of `sources` and none of the customer's records
+    contains; none when Weaviate cannot tell (the other checks still decide)."""
+    asked = names(question)
+    if not asked:
+        return ()
+    try:
+        return tuple(store.unknown_terms(asked, customer_id=customer_id, sources=sources))
+    except TransientError:
+        return ()
+
+
+def gather_evidence(
+    question: str,
+    passages: Sequence[tuple[str, float | None]],
+    unknown: Sequence[str] = (),
+) -> Evidence:
     """The evidence from the passages retrieved for a question, best first: (text with its
-    title, relevance) each."""
+    title, relevance) each, and the names no source mentions (`unknown_names`)."""
     relevances = [r or 0.0 for _, r in passages]
     top = sorted(relevances, reverse=True)[:_TOP]
     vocabulary = {stem(w) for text, _ in passages for w in _WORD.findall(text.lower())}
@@ -105,6 +149,7 @@ def gather_evidence(question: str, passages: Sequence[tuple[str, float | None]])
         mean_relevance=sum(top) / len(top) if top else 0.0,
         coverage=1.0 - len(missing) / len(words) if words else 1.0,
         missing=missing,
+        unknown_names=tuple(unknown),
     )
 
 
@@ -176,10 +221,13 @@ def judge(
     min_relevance: float,
     model: AnswerabilityModel,
     threshold: float | None = None,
+    unknown: Sequence[str] = (),
 ) -> Judgement:
     """Whether the passages answer the question: relevance over the floor, the model's
-    probability over its threshold (or `threshold`), and a key word of it in some passage."""
-    return judge_evidence(gather_evidence(question, passages), min_relevance, model, threshold)
+    probability over its threshold (or `threshold`), a key word of it in some passage, and no
+    name of it (`unknown`) that the sources never mention."""
+    evidence = gather_evidence(question, passages, unknown)
+    return judge_evidence(evidence, min_relevance, model, threshold)
 
 
 def judge_evidence(
@@ -203,7 +251,8 @@ def judge_evidence(
         threshold=bar,
         answerable=probability >= bar
         and evidence.best_relevance >= min_relevance
-        and not _nothing_in_common(evidence),
+        and not _nothing_in_common(evidence)
+        and not evidence.unknown_names,
         off_topic=off_topic,
         shortfalls=_shortfalls(evidence, model, min_relevance),
     )
@@ -216,12 +265,15 @@ def _nothing_in_common(evidence: Evidence) -> bool:
     return evidence.coverage == 0.0 and bool(evidence.missing)
 
 
-def judge_hits(question: str, hits: Sequence[SearchHit], settings: Settings) -> Judgement:
+def judge_hits(
+    question: str, hits: Sequence[SearchHit], settings: Settings, unknown: Sequence[str] = ()
+) -> Judgement:
     """`judge` on retrieved hits (each passage's title with its text), with the settings' floor
     and threshold and the shipped model."""
     passages = [(f"{hit.title}\n{hit.text}", hit.relevance) for hit in hits]
     threshold = settings.answer_min_answerability or 0.0  # None: the model declines nothing
-    return judge(question, passages, settings.answer_min_relevance, load_model(), threshold)
+    floor = settings.answer_min_relevance
+    return judge(question, passages, floor, load_model(), threshold, unknown)
 
 
 @dataclass(frozen=True)
@@ -257,6 +309,8 @@ def _shortfalls(
     found = []
     if _nothing_in_common(evidence):
         found.append(f"no passage holds any of its key words ({', '.join(evidence.missing)})")
+    if evidence.unknown_names:
+        found.append(f"no source mentions {', '.join(evidence.unknown_names)}")
     for name in FEATURES:
         value, low = getattr(evidence, name), bars.get(name)
         if low is None or value >= low:

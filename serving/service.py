@@ -27,7 +27,7 @@ from freshkb.screening import InjectionGuard
 from freshkb.screening.output import OutputVerdict, screen_answer
 from freshkb.screening.verdict_cache import VerdictCache, remembered_reasons
 from freshkb.serving.answer_log import AnswerJournal
-from freshkb.serving.answerability import Decline, decline, judge_hits
+from freshkb.serving.answerability import Decline, decline, judge_hits, unknown_names
 from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage, answer_deadline
 from freshkb.serving.costs import answer_cost
 from freshkb.serving.escalations import EscalationStore
@@ -213,12 +213,13 @@ class AnswerService:
         with timed(seconds, "retrieve"):
             try:
                 hits, selection = self.retrieve(question, customer_id, k, result)
+                unknown = unknown_names(self.store, question, customer_id, selection.fresh)
             except TransientError as exc:  # Weaviate down: a human answers, never a 500
                 return self._escalate(result, question, customer_id, [], f"{KB_UNAVAILABLE}: {exc}")
         own_records_stale = note_left_out(result, selection, customer_id)
         with timed(seconds, "screen"):
             usable = self._without_flagged(result, hits)
-        judgement = judge_hits(question, usable, self.settings)
+        judgement = judge_hits(question, usable, self.settings, unknown)
         result.best_relevance = judgement.evidence.best_relevance
         result.trace.answerability = judgement
         result.signals += retrieval_signals(

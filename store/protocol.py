@@ -135,6 +135,16 @@ class IndexReader(Protocol):
         """Hybrid search over policy chunks and, given a customer, only that customer's records."""
         ...
 
+    def unknown_terms(
+        self,
+        terms: Sequence[str],
+        *,
+        customer_id: str | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The terms that no policy chunk of `sources`, nor the customer's records, contains."""
+        ...
+
     def is_ready(self) -> bool:
         """True when the index answers."""
         ...

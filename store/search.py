@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
@@ -86,6 +87,74 @@ def search(
         live.forget_aliases()  # an alias removed since it was seen: look it up next time
         raise TransientError(f"Weaviate search failed: {exc}") from exc
     return [_hit(obj, kind, vector, vectors.get(str(obj.uuid))) for obj, kind in kept]
+
+
+class KnownTerms:
+    """Terms recently found in the policy chunks of a set of sources, for `ttl` seconds: most
+    questions name the same few things, each lookup is a query. Only what the shared policy
+    chunks hold is kept, never what one customer's records hold. A term removed from every
+    document is still taken as known for at most `ttl` seconds."""
+
+    def __init__(self, ttl: float = 60.0, size: int = 4096):
+        self.ttl, self.size = ttl, size
+        self._until: dict[tuple[str, tuple[str, ...] | None], float] = {}
+
+    def __contains__(self, key: tuple[str, Sequence[str] | None]) -> bool:
+        return self._until.get(self._key(*key), 0.0) > time.monotonic()
+
+    def add(self, term: str, sources: Sequence[str] | None) -> None:
+        if len(self._until) >= self.size:
+            self._until.clear()
+        self._until[self._key(term, sources)] = time.monotonic() + self.ttl
+
+    @staticmethod
+    def _key(term: str, sources: Sequence[str] | None) -> tuple[str, tuple[str, ...] | None]:
+        return term.lower(), None if sources is None else tuple(sorted(sources))
+
+
+def unknown_terms(
+    live: LiveCollections,
+    terms: Sequence[str],
+    *,
+    customer_id: str | None = None,
+    sources: Sequence[str] | None = None,
+    known: KnownTerms | None = None,
+) -> list[str]:
+    """The terms no searchable chunk contains: a keyword query of each, for one object, over
+    the policy chunks (of `sources`, when given), then the customer's own records, never
+    another customer's. What a question names that none of them ever mentions (a plan, a
+    product, a place) the knowledge base cannot answer about."""
+    if sources is not None and not sources:
+        return list(terms)
+    source_filter = Filter.by_property("source").contains_any(list(sources)) if sources else None
+    unknown = []
+    try:
+        targets = _targets(live, customer_id)
+        for term in terms:
+            if known is not None and (term, sources) in known:
+                continue
+            found_in = next(
+                (
+                    kind
+                    for kind, collection in targets
+                    if collection.query.bm25(
+                        query=term,
+                        limit=1,
+                        query_properties=_QUERY_PROPERTIES,
+                        filters=source_filter,
+                        return_properties=[],
+                    ).objects
+                ),
+                None,
+            )
+            if found_in is None:
+                unknown.append(term)
+            elif found_in is SourceKind.DOCUMENTS and known is not None:
+                known.add(term, sources)
+    except WeaviateBaseError as exc:
+        live.forget_aliases()
+        raise TransientError(f"Weaviate keyword lookup failed: {exc}") from exc
+    return unknown
 
 
 def _vectors(

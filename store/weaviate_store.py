@@ -119,6 +119,7 @@ class WeaviateStore:
         self._failover = failover
         # The kind -> collection pins, shared with the routing (tests clear it to re-read).
         self._physical = self._live.physical
+        self._known_terms = _search.KnownTerms()
 
     @classmethod
     def connected(cls, settings: Settings) -> WeaviateStore:
@@ -283,6 +284,24 @@ class WeaviateStore:
         )
 
     # -- reads ----------------------------------------------------------------------------
+
+    def unknown_terms(
+        self,
+        terms: Sequence[str],
+        *,
+        customer_id: str | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The terms no chunk of `sources`, nor the customer's records, contains (store/search)."""
+        return self._resilient(
+            lambda: _search.unknown_terms(
+                self._live,
+                terms,
+                customer_id=customer_id,
+                sources=sources,
+                known=self._known_terms,
+            )
+        )
 
     def search(
         self,

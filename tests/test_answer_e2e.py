@@ -27,6 +27,7 @@ from freshkb.core.report import RunReport
 from freshkb.core.sources import parse_source
 from freshkb.flows.ingest import ingest_source
 from freshkb.serving import llm_server
+from freshkb.serving.answerability import unknown_names
 from freshkb.serving.llm_server import LlmServerConfig
 from freshkb.serving.runtime import Runtime, build_runtime
 from freshkb.serving.service import EXTRACTIVE_LEAD, QUOTED_LEAD
@@ -306,6 +307,33 @@ def test_question_the_store_does_not_cover_is_declined_saying_why(runtime: Runti
     assert "low_retrieval_confidence" in result.signals
     judged = result.trace.answerability
     assert judged is not None and not judged.answerable and "instalments" in judged.evidence.missing
+
+
+def test_a_question_naming_what_no_source_mentions_is_escalated(runtime: Runtime) -> None:
+    question = "Can I return unworn footwear bought at the Zanzibar outlet within 60 days?"
+    result = runtime.service.answer(question)
+    assert result.mode == "escalated", result.reasons  # about returns, which a human can answer
+    (why,) = [r for r in result.reasons if r.startswith("not answerable from the knowledge base")]
+    assert "no source mentions Zanzibar" in why, why
+    judged = result.trace.answerability
+    assert judged is not None and judged.evidence.unknown_names == ("Zanzibar",)
+    # names the sources do hold are no reason to decline
+    store = runtime.service.store
+    assert unknown_names(store, "Is the Winter sale on Insulated jackets?", None, None) == ()
+
+
+def test_names_are_looked_up_in_fresh_sources_and_the_customers_own_records(
+    runtime: Runtime,
+) -> None:
+    store = runtime.service.store
+    # C-1's tier and order say "Summit"; C-2's records and the policies never do
+    assert store.unknown_terms(["Summit", "Zanzibar"], customer_id="C-1") == ["Zanzibar"]
+    assert store.unknown_terms(["Summit", "Zanzibar"], customer_id="C-2") == ["Summit", "Zanzibar"]
+    assert store.unknown_terms(["Summit"]) == ["Summit"]
+    # only the promotions mention the winter sale: searched without them, it is unknown
+    assert store.unknown_terms(["Winter"], sources=["promos"]) == []
+    assert store.unknown_terms(["Winter"], sources=["policies"]) == ["Winter"]
+    assert store.unknown_terms(["Winter"], sources=[]) == ["Winter"]
 
 
 def test_two_customers_never_see_each_others_records(runtime: Runtime) -> None:

@@ -5,9 +5,12 @@ the feature that fell short."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from typing import cast
 
 import pytest
 
+from freshkb.core.errors import TransientError
 from freshkb.serving.answerability import (
     FEATURES,
     AnswerabilityModel,
@@ -18,7 +21,11 @@ from freshkb.serving.answerability import (
     judge,
     key_words,
     load_model,
+    names,
+    unknown_names,
 )
+from freshkb.store import search
+from freshkb.store.protocol import IndexReader
 
 PLANS = (
     "Standard plan\nThe Standard plan covers dental cleanings twice a year and vision exams.",
@@ -102,6 +109,62 @@ def test_passages_holding_none_of_the_questions_words_cannot_answer_it() -> None
 
 
 @pytest.mark.timeout(10)
+def test_names_are_capitalised_words_inside_a_sentence() -> None:
+    assert names("Does the Trailblazer membership include Zanzibar's outlets?") == [
+        "Trailblazer",
+        "Zanzibar",
+    ]
+    # first words, acronyms, stopwords, question words and short words are not names
+    assert names("Returns: Can I send back a GPS unit? Also, Is it free? Me Too") == []
+    assert names("how do i return boots? The Store said no.") == ["Store"]
+    assert names("How do I pitch the TrailMaster X4 tent (the SUPERLIGHT one)?") == ["TrailMaster"]
+    assert names("A B Cedar Dune Elm Fir Gale Hawk") == ["Cedar", "Dune", "Elm", "Fir"]  # at most 4
+
+
+class Keywords:
+    """A store that knows some words, or cannot be reached."""
+
+    def __init__(self, known: set[str], down: bool = False):
+        self.known, self.down = known, down
+        self.asked: list[tuple[tuple[str, ...], str | None, Sequence[str] | None]] = []
+
+    def unknown_terms(
+        self,
+        terms: Sequence[str],
+        *,
+        customer_id: str | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> list[str]:
+        self.asked.append((tuple(terms), customer_id, sources))
+        if self.down:
+            raise TransientError("Weaviate down")
+        return [t for t in terms if t.lower() not in self.known]
+
+
+@pytest.mark.timeout(10)
+def test_a_name_no_source_mentions_declines_an_otherwise_answerable_question() -> None:
+    keywords = Keywords({"standard"})
+    store = cast(IndexReader, keywords)
+    question = "Does the Standard plan cover dental at the Zanzibar clinic?"
+    unknown = unknown_names(store, question, "C-1", ["plans"])
+    assert unknown == ("Zanzibar",)
+    assert keywords.asked == [(("Standard", "Zanzibar"), "C-1", ["plans"])]
+    passages = [(PLANS[0], 0.7), (PLANS[1], 0.5)]
+    assert judge(question, passages, 0.35, MODEL, 0.0).answerable  # without the lookup
+    judged = judge(question, passages, 0.35, MODEL, 0.0, unknown)
+    assert not judged.answerable and not judged.off_topic
+    declined = decline(judged, sources_left_out=False, nothing_found=False)
+    assert declined is not None and declined.mode == "escalated"  # in the domain: a human
+    assert "no source mentions Zanzibar" in declined.reason
+    # a question without names asks nothing; a store that cannot answer leaves the others to decide
+    quiet = Keywords(set())
+    assert unknown_names(cast(IndexReader, quiet), "does it cover dental?", None, None) == ()
+    assert quiet.asked == []
+    down = cast(IndexReader, Keywords(set(), down=True))
+    assert unknown_names(down, question, None, None) == ()
+
+
+@pytest.mark.timeout(10)
 def test_the_floor_declines_whatever_the_model_says() -> None:
     lenient = judge("Does the Standard plan cover dental?", [(PLANS[0], 0.3)], 0.35, MODEL, 0.0)
     assert lenient.probability >= 0.0 and not lenient.answerable
@@ -134,3 +197,20 @@ def test_the_shipped_model_is_fitted_and_loads() -> None:
         "ship a fitted model: bench/answer_quality.py --fit-answerability"
     )
     assert "half A" in model.notes
+
+
+@pytest.mark.timeout(10)
+def test_known_terms_expire_and_are_kept_per_set_of_sources(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(search.time, "monotonic", lambda: now[0])
+    known = search.KnownTerms(ttl=60.0, size=3)
+    known.add("Summit", ["promos", "policies"])
+    assert ("summit", ["policies", "promos"]) in known  # any case, any order of the sources
+    assert ("Summit", ["policies"]) not in known and ("Summit", None) not in known
+    now[0] += 61.0
+    assert ("Summit", ["policies", "promos"]) not in known  # a removed document stops counting
+    for term in ("a", "b", "c", "d"):
+        known.add(term, None)
+    assert ("d", None) in known and ("a", None) not in known  # full: started afresh
