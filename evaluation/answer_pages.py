@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
-from freshkb.evaluation.cases import PageRef, QaCase
+from freshkb.evaluation.cases import TRUTH_CITATION, PageRef, QaCase
 from freshkb.evaluation.metrics import Outcome, first_rank
 from freshkb.serving.grounding import STOPWORDS
 
@@ -39,27 +39,49 @@ def trigrams(text: str) -> set[tuple[str, str, str]]:
     return {(a, b, c) for a, b, c in zip(words, words[1:], words[2:], strict=False)}
 
 
-def answer_pages(truth: str, cited: Sequence[PageRef], page_text: PageText) -> tuple[PageRef, ...]:
-    """The cited pages, each followed by the next page when that page's text shares more of the
-    reference answer's trigrams than the cited page does (ties keep the cited page alone)."""
-    answer = trigrams(_CITATION.sub(" ", truth))
+def cited_passages(truth: str) -> dict[PageRef, str]:
+    """Each page a reference answer cites, with the text it cites that page for: the words
+    since the citation before (the whole answer for a citation that follows another at once)."""
+    whole = _CITATION.sub(" ", truth)
+    passages: dict[PageRef, str] = {}
+    start = 0
+    for match in TRUTH_CITATION.finditer(truth):
+        name, page = match.groups()
+        ref = PageRef(name, int(page) if page else None)
+        text = _CITATION.sub(" ", truth[start : match.start()])
+        passages[ref] = passages.get(ref, "") + " " + (text if trigrams(text) else whole)
+        start = match.end()
+    return passages
+
+
+def answer_pages(
+    truth: str, cited: Sequence[PageRef], page_text: PageText
+) -> tuple[PageRef, ...] | None:
+    """The cited pages, each followed by the next page when that page's text shares more
+    trigrams of the text cited for it than the cited page does (ties keep the cited page
+    alone); None when a cited page's text cannot be read, so the case cannot be judged."""
+    passages = cited_passages(truth)
     pages: list[PageRef] = []
     for ref in cited:
         pages.append(ref)
-        if ref.page is None or not answer:
+        if ref.page is None:
             continue
-        here, after = page_text(ref.file, ref.page), page_text(ref.file, ref.page + 1)
-        if after is not None and len(answer & trigrams(after)) > len(answer & trigrams(here or "")):
+        here = page_text(ref.file, ref.page)
+        if here is None:
+            return None
+        answer = trigrams(passages.get(ref, _CITATION.sub(" ", truth)))
+        after = page_text(ref.file, ref.page + 1)
+        if after is not None and len(answer & trigrams(after)) > len(answer & trigrams(here)):
             pages.append(PageRef(ref.file, ref.page + 1))
     return tuple(pages)
 
 
 def judge_answer_pages(outcome: Outcome, case: QaCase, pages: PageText | None) -> Outcome:
     """The outcome with the rank of the first retrieved page that holds the reference answer;
-    unjudged (None) without the corpus's page texts."""
-    if pages is None:
+    unjudged (None) without the corpus's page texts or when a cited page cannot be read."""
+    holding = None if pages is None else answer_pages(case.truth, case.pages, pages)
+    if holding is None:
         return outcome
-    holding = answer_pages(case.truth, case.pages, pages)
     found = [(r.file, r.page) for r in outcome.retrieved]
     return replace(
         outcome,
@@ -70,8 +92,8 @@ def judge_answer_pages(outcome: Outcome, case: QaCase, pages: PageText | None) -
 
 class PdfPageTexts:
     """Page texts of the PDF files under a corpus folder, found by file name (PDFium: a
-    263-page corpus reads in well under a second). A file that is missing, ambiguous or not a
-    readable PDF has no pages."""
+    263-page corpus reads in well under a second). A file that is missing, not a readable PDF,
+    or whose name two files under the folder share, has no pages."""
 
     def __init__(self, corpus: Path):
         self.corpus = corpus
@@ -80,11 +102,19 @@ class PdfPageTexts:
         pages = self._pages(file)
         return pages[page - 1] if 1 <= page <= len(pages) else None
 
+    @cached_property
+    def _paths(self) -> dict[str, list[Path]]:
+        paths: dict[str, list[Path]] = {}
+        for path in sorted(self.corpus.rglob("*")):
+            if path.suffix.lower() == ".pdf" and path.is_file():
+                paths.setdefault(path.name, []).append(path)
+        return paths
+
     @cache  # noqa: B019 - one reader per evaluation run, kept for its length
     def _pages(self, file: str) -> tuple[str, ...]:
         import pypdfium2
 
-        found = sorted(self.corpus.rglob(file)) if file.lower().endswith(".pdf") else []
+        found = self._paths.get(file, [])
         if len(found) != 1:
             return ()
         try:

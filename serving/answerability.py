@@ -20,9 +20,9 @@ was fitted on; set it (e.g. to the file's threshold) for a corpus and question s
 
 A question is declined when its best passage's relevance is under `answer_min_relevance` (the
 floor it always had), when the model finds it unanswerable, when no key word of it appears
-in any passage, or when it names something the searchable sources never mention (`names`: a
-capitalised word inside a sentence, such as a plan or product name, that no chunk of the fresh
-sources and none of the customer's own records contains; one keyword query per name).
+in any passage, or when it names something the searchable sources never mention
+(serving/names.py: a plan, a product or a place that no chunk of the fresh sources and none of
+the asking customer's records contains).
 
 Refuse or escalate, the rule `decline` applies: a declined question is off-topic, and refused,
 when it is far from everything the knowledge base holds (its best passage's relevance under
@@ -45,20 +45,14 @@ from importlib.resources import files
 from pathlib import Path
 
 from freshkb.core.config import Settings
-from freshkb.core.errors import TransientError
 from freshkb.serving.grounding import STOPWORDS
-from freshkb.store.protocol import IndexReader, SearchHit
+from freshkb.store.protocol import SearchHit
 
 FEATURES = ("best_relevance", "mean_relevance", "coverage")
 OFF_TOPIC_SHARE = 0.6  # of answer_min_relevance: below it, nothing retrieved is even near
 MODEL_FILE = "data/answerability.json"
 _WORD = re.compile(r"[a-z0-9]+")
 _TOP = 5  # passages the mean relevance is taken over
-# A capitalised word, or several run together ("TrailMaster"), with a possessive or hyphenated
-# part; not all capitals: acronyms are often spelled out in the documents.
-_NAME = re.compile(r"(?:[A-Z][a-z]+)+(?:['\u2019-][A-Za-z]+)*")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-MAX_NAMES = 4  # keyword lookups per question, at most
 _STEM = 5  # letters a stem keeps: "deductibles" and "deductible" meet, "plan" stays "plan"
 _LABELS = {
     "best_relevance": "best passage relevance",
@@ -68,7 +62,7 @@ _LABELS = {
 
 
 @cache
-def _question_words() -> frozenset[str]:
+def question_words() -> frozenset[str]:
     """Words that ask rather than say what about (serving/data/question_words.txt)."""
     text = files("freshkb.serving").joinpath("data/question_words.txt").read_text("utf-8")
     return frozenset(text.split()) | STOPWORDS
@@ -84,7 +78,7 @@ def stem(word: str) -> str:
 def key_words(question: str) -> list[str]:
     """The question's words that say what it is about, in order, without repeats."""
     words = _WORD.findall(question.lower().replace("\u2019", "'").replace("'s", ""))
-    return list(dict.fromkeys(w for w in words if w not in _question_words() and len(w) > 1))
+    return list(dict.fromkeys(w for w in words if w not in question_words() and len(w) > 1))
 
 
 @dataclass(frozen=True)
@@ -100,36 +94,6 @@ class Evidence:
     def values(self, names: Sequence[str]) -> list[float]:
         """The named features' values, in order."""
         return [float(getattr(self, name)) for name in names]
-
-
-def names(question: str) -> list[str]:
-    """What a question names: its capitalised words other than each sentence's first, without
-    a possessive 's, stopwords and question words (at most MAX_NAMES, in order)."""
-    found: list[str] = []
-    for sentence in _SENTENCE.split(question.strip()):
-        words = sentence.split()
-        for word in words[1:]:
-            match = _NAME.fullmatch(word.strip("\"'()[]{}.,;:!?"))
-            if match is None:
-                continue
-            name = re.sub(r"['\u2019]s$", "", match.group())
-            if len(name) > 2 and name.lower() not in _question_words() and name not in found:
-                found.append(name)
-    return found[:MAX_NAMES]
-
-
-def unknown_names(
-    store: IndexReader, question: str, customer_id: str | None, sources: Sequence[str] | None
-) -> tuple[str, ...]:
-    """The question's names that no chunk of `sources` and none of the customer's records
-    contains; none when Weaviate cannot tell (the other checks still decide)."""
-    asked = names(question)
-    if not asked:
-        return ()
-    try:
-        return tuple(store.unknown_terms(asked, customer_id=customer_id, sources=sources))
-    except TransientError:
-        return ()
 
 
 def gather_evidence(

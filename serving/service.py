@@ -27,11 +27,12 @@ from freshkb.screening import InjectionGuard
 from freshkb.screening.output import OutputVerdict, screen_answer
 from freshkb.screening.verdict_cache import VerdictCache, remembered_reasons
 from freshkb.serving.answer_log import AnswerJournal
-from freshkb.serving.answerability import Decline, decline, judge_hits, unknown_names
+from freshkb.serving.answerability import Decline, decline, judge_hits
 from freshkb.serving.answerer import CITATION, Answerer, Completion, Passage, answer_deadline
 from freshkb.serving.costs import answer_cost
 from freshkb.serving.escalations import EscalationStore
 from freshkb.serving.grounding import attribute_citations, strip_citations, unsupported_or_leaking
+from freshkb.serving.names import unknown_names
 from freshkb.serving.results import (
     FRESHNESS_UNKNOWN,
     FRESHNESS_UNKNOWN_NOTE,

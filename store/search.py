@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 
-from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
+from weaviate.classes.query import BM25Operator, Filter, HybridFusion, MetadataQuery
 from weaviate.collections import Collection
 from weaviate.collections.classes.internal import Object
 from weaviate.exceptions import WeaviateBaseError
@@ -120,19 +120,19 @@ def unknown_terms(
     sources: Sequence[str] | None = None,
     known: KnownTerms | None = None,
 ) -> list[str]:
-    """The terms no searchable chunk contains: a keyword query of each, for one object, over
-    the policy chunks (of `sources`, when given), then the customer's own records, never
-    another customer's. What a question names that none of them ever mentions (a plan, a
-    product, a place) the knowledge base cannot answer about."""
-    if sources is not None and not sources:
-        return list(terms)
+    """The terms no searchable chunk contains: a keyword query of each (every word of it, for
+    one object) over the policy chunks of `sources` (all, when None), then the customer's own
+    records, never another customer's. What a question names that none of them ever mentions
+    (a plan, a product, a place) the knowledge base cannot answer about. With no source to
+    search (`sources` empty) nothing can be told: no term is called unknown."""
+    asked = [t for t in terms if known is None or (t, sources) not in known]
+    if not asked or (sources is not None and not sources):
+        return []
     source_filter = Filter.by_property("source").contains_any(list(sources)) if sources else None
     unknown = []
     try:
         targets = _targets(live, customer_id)
-        for term in terms:
-            if known is not None and (term, sources) in known:
-                continue
+        for term in asked:
             found_in = next(
                 (
                     kind
@@ -141,6 +141,7 @@ def unknown_terms(
                         query=term,
                         limit=1,
                         query_properties=_QUERY_PROPERTIES,
+                        operator=BM25Operator.and_(),
                         filters=source_filter,
                         return_properties=[],
                     ).objects

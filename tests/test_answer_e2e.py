@@ -27,8 +27,8 @@ from freshkb.core.report import RunReport
 from freshkb.core.sources import parse_source
 from freshkb.flows.ingest import ingest_source
 from freshkb.serving import llm_server
-from freshkb.serving.answerability import unknown_names
 from freshkb.serving.llm_server import LlmServerConfig
+from freshkb.serving.names import unknown_names
 from freshkb.serving.runtime import Runtime, build_runtime
 from freshkb.serving.service import EXTRACTIVE_LEAD, QUOTED_LEAD
 from freshkb.store.ledger import Ledger
@@ -333,7 +333,9 @@ def test_names_are_looked_up_in_fresh_sources_and_the_customers_own_records(
     # only the promotions mention the winter sale: searched without them, it is unknown
     assert store.unknown_terms(["Winter"], sources=["promos"]) == []
     assert store.unknown_terms(["Winter"], sources=["policies"]) == ["Winter"]
-    assert store.unknown_terms(["Winter"], sources=[]) == ["Winter"]
+    assert store.unknown_terms(["Winter"], sources=[]) == []  # nothing searched: no verdict
+    # every word of a name must be found, not any one of them
+    assert store.unknown_terms(["Winter-Zanzibar", "Winter-Sale"]) == ["Winter-Zanzibar"]
 
 
 def test_two_customers_never_see_each_others_records(runtime: Runtime) -> None:

@@ -41,12 +41,32 @@ def test_the_next_page_is_added_only_when_it_holds_more_of_the_answer() -> None:
     referral = "Members need a referral before seeing a specialist.[plan.pdf#page=4]"
     assert answer_pages(referral, cited, page_text) == cited
     assert answer_pages(truth, (PageRef("plan.pdf", 5),), page_text) == (PageRef("plan.pdf", 5),)
-    # no next page, a file without pages, an answer without trigrams: the citation as it is
-    assert answer_pages(truth, (PageRef("plan.pdf", 5),), page_text)[-1].page == 5
+    # a file without pages, an answer without trigrams: the citation as it is
     assert answer_pages(truth, (PageRef("notes.md", None),), page_text) == (
         PageRef("notes.md", None),
     )
     assert answer_pages("Yes.", cited, page_text) == cited
+    # a cited page that cannot be read: the case cannot be judged
+    assert answer_pages(truth, (PageRef("plan.pdf", 0),), page_text) is None
+    assert answer_pages(truth, (PageRef("other.pdf", 4),), page_text) is None
+
+
+@pytest.mark.timeout(10)
+def test_each_citation_is_judged_on_the_text_it_cites() -> None:
+    # The copay sentence cites page 2 of another file; only the referral text cites page 4,
+    # and page 4 holds it: nothing moves, though page 5 holds the copay sentence.
+    truth = (
+        "Members need a referral before seeing a specialist.[plan.pdf#page=4] "
+        "A primary care visit costs a copay of 20 dollars.[guide.pdf#page=2]"
+    )
+    cited = (PageRef("plan.pdf", 4), PageRef("guide.pdf", 2))
+    guide = {("guide.pdf", 2): "Copays are listed in the plan.", ("guide.pdf", 3): "Index."}
+    texts = {**PAGES, **guide}
+    assert answer_pages(truth, cited, lambda f, n: texts.get((f, n))) == cited
+    # two citations in a row share the text before them
+    both = "A primary care visit costs a copay of 20 dollars.[plan.pdf#page=4][guide.pdf#page=2]"
+    moved = answer_pages(both, cited, lambda f, n: texts.get((f, n)))
+    assert moved == (PageRef("plan.pdf", 4), PageRef("plan.pdf", 5), PageRef("guide.pdf", 2))
 
 
 @pytest.mark.timeout(10)
@@ -65,6 +85,15 @@ def test_pdf_page_texts_come_from_the_corpus_by_file_name(tmp_path: Path) -> Non
     assert texts("missing.pdf", 1) is None and texts("returns.md", 1) is None
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really a PDF")
     assert PdfPageTexts(tmp_path)("broken.pdf", 1) is None
+    # names are names, not patterns; a name two files share is nobody's
+    rental = (REPO / "sample" / "policies" / RENTAL).read_bytes()
+    (tmp_path / "Terms [2024].pdf").write_bytes(rental)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "twice.pdf").write_bytes(rental)
+    in_tmp = PdfPageTexts(tmp_path)
+    assert "refundable deposit" in (in_tmp("Terms [2024].pdf", 2) or "")
+    assert in_tmp("twice.pdf", 2) is None and in_tmp("/etc/passwd", 1) is None
     # the answer sits on page 2; a label citing page 1 gains page 2, one citing page 2 keeps it
     truth = f"{DEPOSIT}[{RENTAL}#page=1]"
     assert answer_pages(truth, (PageRef(RENTAL, 1),), texts) == (
@@ -106,3 +135,5 @@ def test_a_case_is_ranked_on_its_answer_pages_from_what_was_retrieved() -> None:
     assert judged.rank == 3  # the page figure keeps the label's page
     unjudged = judge_answer_pages(outcome, case, None)
     assert unjudged.answer_page_rank is None and unjudged.answer_page_moved is None
+    unreadable = judge_answer_pages(outcome, case, lambda file, page: None)
+    assert unreadable.answer_page_moved is None

@@ -21,9 +21,8 @@ from freshkb.serving.answerability import (
     judge,
     key_words,
     load_model,
-    names,
-    unknown_names,
 )
+from freshkb.serving.names import names, unknown_names
 from freshkb.store import search
 from freshkb.store.protocol import IndexReader
 
@@ -119,6 +118,21 @@ def test_names_are_capitalised_words_inside_a_sentence() -> None:
     assert names("how do i return boots? The Store said no.") == ["Store"]
     assert names("How do I pitch the TrailMaster X4 tent (the SUPERLIGHT one)?") == ["TrailMaster"]
     assert names("A B Cedar Dune Elm Fir Gale Hawk") == ["Cedar", "Dune", "Elm", "Fir"]  # at most 4
+    # clauses start after , ; : and line breaks; short lines are greetings and signatures
+    signed = "Hello,\nMy claim for the Zanzibar clinic was denied.\nKind Regards,\nJohn Smith"
+    assert names(signed) == ["Zanzibar"]
+    assert names("Hi team, Please check it; Thanks: Jane said so") == []
+    # search stopwords, days, months, languages, digits; curly quotes, dashes, accents
+    assert names("is it open, or But They said on Monday in March, in English? X4 Gore-Tex") == [
+        "Gore-Tex"
+    ]
+    assert names("Is \u201cGold\u201d better than \u2018Silver\u2019 or \u2014Bronze\u2014?") == [
+        "Gold",
+        "Silver",
+        "Bronze",
+    ]
+    assert names("Does it cover Z\u00fcrich and O'Brien's clinic?") == ["Z\u00fcrich", "O'Brien"]
+    assert names("") == [] and names("?") == []
 
 
 class Keywords:
@@ -214,3 +228,61 @@ def test_known_terms_expire_and_are_kept_per_set_of_sources(
     for term in ("a", "b", "c", "d"):
         known.add(term, None)
     assert ("d", None) in known and ("a", None) not in known  # full: started afresh
+
+
+class FakeCollection:
+    """A collection whose keyword search finds the texts holding every word of the query."""
+
+    def __init__(self, texts: dict[str, str]):  # text -> source
+        self.texts, self.asked = texts, 0
+        self.query = self
+
+    def bm25(self, query: str, filters: object = None, **_: object) -> object:
+        self.asked += 1
+        sources = getattr(filters, "value", None)
+        words = query.lower().replace("-", " ").split()
+        hits = [
+            t
+            for t, source in self.texts.items()
+            if all(w in t.lower().split() for w in words) and (sources is None or source in sources)
+        ]
+        return type("Response", (), {"objects": hits[:1]})()
+
+
+class FakeLive:
+    """Policies, and each customer's own records."""
+
+    def __init__(self, policies: FakeCollection, customers: dict[str, FakeCollection]):
+        self.policies, self.customers = policies, customers
+
+    def reader(self, kind: object) -> FakeCollection:
+        return self.policies
+
+    def has_customer(self, customer_id: str) -> bool:
+        return customer_id in self.customers
+
+    def collection(self, kind: object, customer_id: str | None = None) -> FakeCollection:
+        assert customer_id is not None
+        return self.customers[customer_id]
+
+
+@pytest.mark.timeout(10)
+def test_unknown_terms_search_policies_then_only_the_customers_own_records() -> None:
+    policies = FakeCollection({"winter sale on jackets": "promos", "returns within 60 days": "kb"})
+    summit = FakeCollection({"order o-11 summit down bag": "crm"})
+    trail = FakeCollection({"order o-21 trail runner pack": "crm"})
+    live = cast(search.LiveCollections, FakeLive(policies, {"C-1": summit, "C-2": trail}))
+    known = search.KnownTerms()
+
+    def unknown(terms: list[str], **kw: object) -> list[str]:
+        return search.unknown_terms(live, terms, known=known, **kw)  # type: ignore[arg-type]
+
+    assert unknown(["Summit", "Winter", "Zanzibar"], customer_id="C-1") == ["Zanzibar"]
+    assert unknown(["Summit"], customer_id="C-2") == ["Summit"]  # C-1's find was not kept
+    assert unknown(["Summit"]) == ["Summit"]
+    asked = policies.asked
+    assert unknown(["Winter"], customer_id="C-2") == [] and policies.asked == asked  # kept
+    assert unknown(["Winter"], sources=["kb"]) == ["Winter"]  # kept per set of sources
+    assert unknown(["Winter"], sources=["promos", "kb"]) == []
+    assert unknown(["Winter", "Zanzibar"], sources=[]) == []  # nothing searched: no verdict
+    assert unknown(["Winter-Sale"]) == [] and unknown(["Winter-Zanzibar"]) == ["Winter-Zanzibar"]

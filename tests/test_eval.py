@@ -355,10 +355,11 @@ def test_ci_gate_dev_cases_with_the_llm_off_pass_the_slo_file(
     failed = [c for c in result["slo"] if c["status"] != "PASS"]
     assert code == 0 and not failed, failed
     assert result["counts"]["qa"] == 101 and result["counts"]["injection"] == 40
-    # the answer pages were read from the benefits PDFs: some labels gained the next page, and
-    # adding pages can only bring a hit earlier
+    # the answer pages were read from the benefits PDFs: 23 labels gained the next page (its
+    # text holds more of the reference answer than the cited page), and adding pages can only
+    # bring a hit earlier
     figures = result["metrics"]
-    assert 0 < figures["answer_page_moved"] < 1
+    assert figures["answer_page_moved"] == pytest.approx(23 / 101)
     assert figures["answer_page_hit_at_1"] >= figures["page_hit_at_1"]
     assert figures["answer_page_hit_at_5"] >= figures["page_hit_at_5"]
     assert {i["name"] for i in result["ignored"]} >= {"README.md"}
