@@ -102,7 +102,7 @@ def gather_evidence(
     unknown: Sequence[str] = (),
 ) -> Evidence:
     """The evidence from the passages retrieved for a question, best first: (text with its
-    title, relevance) each, and the names no source mentions (`unknown_names`)."""
+    title, relevance) each, and the names no fresh source mentions (`unknown_names`)."""
     relevances = [r or 0.0 for _, r in passages]
     top = sorted(relevances, reverse=True)[:_TOP]
     vocabulary = {stem(w) for text, _ in passages for w in _WORD.findall(text.lower())}
@@ -274,7 +274,7 @@ def _shortfalls(
     if _nothing_in_common(evidence):
         found.append(f"no passage holds any of its key words ({', '.join(evidence.missing)})")
     if evidence.unknown_names:
-        found.append(f"no source mentions {', '.join(evidence.unknown_names)}")
+        found.append(f"no fresh source mentions {', '.join(evidence.unknown_names)}")
     for name in FEATURES:
         value, low = getattr(evidence, name), bars.get(name)
         if low is None or value >= low:

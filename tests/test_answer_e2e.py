@@ -243,6 +243,16 @@ def test_stale_source_is_left_out_and_named(runtime: Runtime, stale: Any) -> Non
     assert [s.name for s in left_out] == ["promos"]
 
 
+def test_a_name_only_a_stale_source_mentions_is_escalated_saying_so(
+    runtime: Runtime, stale: Any
+) -> None:
+    stale("promos")
+    result = runtime.service.answer("Is every insulated jacket 25% off in the Winter sale?")
+    assert result.mode == "escalated", result.reasons  # a human can read the stale promotions
+    assert any("no fresh source mentions Winter" in r for r in result.reasons), result.reasons
+    assert [s.name for s in result.stale_sources] == ["promos"]
+
+
 def test_all_sources_stale_escalates_to_a_human(runtime: Runtime, stale: Any) -> None:
     stale("policies", "promos", "tainted")
     result = runtime.service.answer("How long does standard shipping take?")
@@ -314,7 +324,7 @@ def test_a_question_naming_what_no_source_mentions_is_escalated(runtime: Runtime
     result = runtime.service.answer(question)
     assert result.mode == "escalated", result.reasons  # about returns, which a human can answer
     (why,) = [r for r in result.reasons if r.startswith("not answerable from the knowledge base")]
-    assert "no source mentions Zanzibar" in why, why
+    assert "no fresh source mentions Zanzibar" in why, why
     judged = result.trace.answerability
     assert judged is not None and judged.evidence.unknown_names == ("Zanzibar",)
     # names the sources do hold are no reason to decline

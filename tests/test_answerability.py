@@ -169,7 +169,7 @@ def test_a_name_no_source_mentions_declines_an_otherwise_answerable_question() -
     assert not judged.answerable and not judged.off_topic
     declined = decline(judged, sources_left_out=False, nothing_found=False)
     assert declined is not None and declined.mode == "escalated"  # in the domain: a human
-    assert "no source mentions Zanzibar" in declined.reason
+    assert "no fresh source mentions Zanzibar" in declined.reason
     # a question without names asks nothing; a store that cannot answer leaves the others to decide
     quiet = Keywords(set())
     assert unknown_names(cast(IndexReader, quiet), "does it cover dental?", None, None) == ()
