@@ -359,7 +359,7 @@ def test_ci_gate_dev_cases_with_the_llm_off_pass_the_slo_file(
     # text holds more of the reference answer than the cited page), and adding pages can only
     # bring a hit earlier
     figures = result["metrics"]
-    assert figures["answer_page_moved"] == pytest.approx(23 / 101)
+    assert figures["answer_page_moved"] == pytest.approx(23 / 101, abs=1e-5)  # figures: 6 places
     assert figures["answer_page_hit_at_1"] >= figures["page_hit_at_1"]
     assert figures["answer_page_hit_at_5"] >= figures["page_hit_at_5"]
     assert {i["name"] for i in result["ignored"]} >= {"README.md"}
