@@ -6,9 +6,9 @@ of the fresh sources and none of the asking customer's own records mentions cann
 from them, however close the retrieved passages are in meaning (serving/answerability.py
 declines it). Left out, so that ordinary words are not taken for names: the first word of each
 sentence, line and clause (after , ; :), all-capital words (acronyms are often spelled out in
-the documents), words with digits, lines of three words or fewer (greetings, signatures),
-stopwords (the project's, and Weaviate's English preset, which keyword search drops), question
-words, and day, month and language names.
+the documents), words with digits, lines of three words or fewer in a question of several
+lines (greetings, signatures), stopwords (the project's, and Weaviate's English preset, which
+keyword search drops), question words, and day, month and language names.
 """
 
 from __future__ import annotations
@@ -48,10 +48,13 @@ def _as_name(word: str) -> str | None:
 
 
 def names(question: str) -> list[str]:
-    """The question's names, in order, each once (at most MAX_NAMES). Lines of at most
-    SHORT_LINE words are left out: greetings and sign-offs ("Kind regards,", "Jane Doe")."""
+    """The question's names, in order, each once (at most MAX_NAMES). In a question of several
+    lines, lines of at most SHORT_LINE words are left out: greetings and sign-offs ("Kind
+    regards,", "Jane Doe")."""
     found: list[str] = []
-    lines = [line for line in question.splitlines() if len(line.split()) > SHORT_LINE]
+    lines = question.splitlines()
+    if len(lines) > 1:
+        lines = [line for line in lines if len(line.split()) > SHORT_LINE]
     for clause in _CLAUSE.split("\n".join(lines)):
         for word in clause.split()[1:]:
             name = _as_name(word)

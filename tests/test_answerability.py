@@ -121,6 +121,7 @@ def test_names_are_capitalised_words_inside_a_sentence() -> None:
     # clauses start after , ; : and line breaks; short lines are greetings and signatures
     signed = "Hello,\nMy claim for the Zanzibar clinic was denied.\nKind Regards,\nJohn Smith"
     assert names(signed) == ["Zanzibar"]
+    assert names("Covers Zanzibar outlets?") == ["Zanzibar"]  # a one-line question is kept whole
     assert names("Hi team, Please check it; Thanks: Jane said so") == []
     # search stopwords, days, months, languages, digits; curly quotes, dashes, accents
     assert names("is it open, or But They said on Monday in March, in English? X4 Gore-Tex") == [
