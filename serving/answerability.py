@@ -45,7 +45,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from freshkb.core.config import Settings
-from freshkb.serving.grounding import STOPWORDS
+from freshkb.serving.grounding import STOPWORDS, word_list
 from freshkb.store.protocol import SearchHit
 
 FEATURES = ("best_relevance", "mean_relevance", "coverage")
@@ -64,8 +64,7 @@ _LABELS = {
 @cache
 def question_words() -> frozenset[str]:
     """Words that ask rather than say what about (serving/data/question_words.txt)."""
-    text = files("freshkb.serving").joinpath("data/question_words.txt").read_text("utf-8")
-    return frozenset(text.split()) | STOPWORDS
+    return word_list("question_words.txt") | STOPWORDS
 
 
 def stem(word: str) -> str:

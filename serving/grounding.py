@@ -18,10 +18,18 @@ WORD = re.compile(r"[a-z0-9$%]+")
 # Sentence ends: after . ! ? unless a citation follows ("... receipt. [S1]" is one sentence),
 # and after a citation.
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?!\[S\d+\])|(?<=\[S\d\])\s+|(?<=\[S\d\d\])\s+")
+
+
+def word_list(name: str) -> frozenset[str]:
+    """The words of serving/data/`name`, whitespace-separated; lines starting with # are notes."""
+    text = files("freshkb.serving").joinpath(f"data/{name}").read_text("utf-8")
+    return frozenset(
+        w for line in text.splitlines() if not line.startswith("#") for w in line.split()
+    )
+
+
 # Words that say nothing about what a sentence claims, one a line.
-STOPWORDS = frozenset(
-    files("freshkb.serving").joinpath("data/stopwords.txt").read_text("utf-8").split()
-)
+STOPWORDS = word_list("stopwords.txt")
 SUPPORT = 0.6  # share of a sentence's content words that must appear in the passage
 
 

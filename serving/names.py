@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import cache
-from importlib.resources import files
 
 from freshkb.core.errors import TransientError
 from freshkb.serving.answerability import question_words
+from freshkb.serving.grounding import word_list
 from freshkb.store.protocol import IndexReader
 
 MAX_NAMES = 4  # names looked up per question, at most
@@ -33,9 +33,7 @@ _POSSESSIVE = re.compile(r"['\u2019]s$")
 @cache
 def _ordinary() -> frozenset[str]:
     """Question words, and serving/data/not_names.txt (search stopwords, days, months...)."""
-    text = files("freshkb.serving").joinpath("data/not_names.txt").read_text("utf-8")
-    words = (w for line in text.splitlines() if not line.startswith("#") for w in line.split())
-    return question_words() | frozenset(words)
+    return question_words() | word_list("not_names.txt")
 
 
 def _as_name(word: str) -> str | None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from weaviate.classes.query import BM25Operator, Filter, HybridFusion, MetadataQuery
 from weaviate.collections import Collection
+from weaviate.collections.classes.filters import FilterReturn
 from weaviate.collections.classes.internal import Object
 from weaviate.exceptions import WeaviateBaseError
 
@@ -62,9 +64,10 @@ def search(
     """
     if sources is not None and not sources:
         return []
-    source_filter = Filter.by_property("source").contains_any(list(sources)) if sources else None
+    source_filter = _source_filter(sources)
     found: list[Candidate] = []
-    try:  # resolving the alias is a call too: Weaviate down fails here, as a TransientError
+    # resolving the alias is a call too: Weaviate down fails there, as a TransientError
+    with _transient(live, "search"):
         targets = _targets(live, customer_id)
         for kind, collection in targets:
             response = collection.query.hybrid(
@@ -83,9 +86,6 @@ def search(
         kept = best_per_page(found)[:k]
         # Vectors only for the hits kept: most of a query's cost is reading vectors.
         vectors = _vectors(dict(targets), kept)
-    except WeaviateBaseError as exc:
-        live.forget_aliases()  # an alias removed since it was seen: look it up next time
-        raise TransientError(f"Weaviate search failed: {exc}") from exc
     return [_hit(obj, kind, vector, vectors.get(str(obj.uuid))) for obj, kind in kept]
 
 
@@ -128,9 +128,9 @@ def unknown_terms(
     asked = [t for t in terms if known is None or (t, sources) not in known]
     if not asked or (sources is not None and not sources):
         return []
-    source_filter = Filter.by_property("source").contains_any(list(sources)) if sources else None
+    source_filter = _source_filter(sources)
     unknown = []
-    try:
+    with _transient(live, "keyword lookup"):
         targets = _targets(live, customer_id)
         for term in asked:
             found_in = next(
@@ -152,10 +152,23 @@ def unknown_terms(
                 unknown.append(term)
             elif found_in is SourceKind.DOCUMENTS and known is not None:
                 known.add(term, sources)
+    return unknown
+
+
+def _source_filter(sources: Sequence[str] | None) -> FilterReturn | None:
+    """Only chunks of these sources; None (no filter) for every source."""
+    return Filter.by_property("source").contains_any(list(sources)) if sources else None
+
+
+@contextmanager
+def _transient(live: LiveCollections, what: str) -> Iterator[None]:
+    """Weaviate failing inside the block as a TransientError naming `what` failed; the aliases
+    are looked up afresh next time (one may have been removed since it was seen)."""
+    try:
+        yield
     except WeaviateBaseError as exc:
         live.forget_aliases()
-        raise TransientError(f"Weaviate keyword lookup failed: {exc}") from exc
-    return unknown
+        raise TransientError(f"Weaviate {what} failed: {exc}") from exc
 
 
 def _vectors(
