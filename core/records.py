@@ -92,6 +92,7 @@ class Chunk:
     modified_at: datetime
     customer_id: str | None = None
     injection_reason: str = ""  # why the chunk reads as instructions to an AI; "" when clean
+    document_names: str = ""  # first chunk: the document's names (core/document_names.py)
 
 
 @dataclass(frozen=True)

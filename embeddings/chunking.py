@@ -2,7 +2,8 @@
 
 Uses unstructured's `chunk_by_title`: a new chunk starts at every title and at every page
 break (so each chunk cites exactly one page), and long sections are split with a small overlap.
-Every chunk keeps its page, its section title and the document's identity and content hash.
+Every chunk keeps its page, its section title and the document's identity and content hash,
+and the first chunk of a policy document the names the document uses (core/document_names.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from unstructured.documents.elements import (
     Text,
 )
 
-from freshkb.core import ids
+from freshkb.core import document_names, ids
 from freshkb.core.records import Chunk, LoadedDocument, Section, SourceKind
 
 # Characters per token of English prose for WordPiece/BPE tokenizers, rounded down so a full
@@ -119,6 +120,9 @@ def chunk_document(document: LoadedDocument, policy: ChunkingPolicy) -> list[Chu
 
 def _chunks(document: LoadedDocument, texts: list[tuple[str, Section]]) -> list[Chunk]:
     count = len(texts)
+    names = ""  # on the first chunk only; a record stands alone: no document to name
+    if document.kind is SourceKind.DOCUMENTS and texts:
+        names = document_names.encode([document.title, *(s.text for s in document.sections)])
     chunks = []
     for position, (text, first) in enumerate(texts):
         section_title = first.title if first.category != "Title" else first.text
@@ -139,6 +143,7 @@ def _chunks(document: LoadedDocument, texts: list[tuple[str, Section]]) -> list[
                 content_hash=document.content_hash,
                 modified_at=document.modified_at,
                 customer_id=document.customer_id,
+                document_names=names if position == 0 else "",
             )
         )
     return chunks

@@ -120,6 +120,7 @@ def collection_properties(kind: SourceKind) -> list[Property]:
         _stored("flow_run_id"),
         _stored("model_id"),
         _stored("injection_reason"),
+        _stored("document_names"),
     ]
     if kind is SourceKind.CUSTOMERS:
         props.append(_filterable("customer_id"))

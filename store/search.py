@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from weaviate.classes.query import BM25Operator, Filter, HybridFusion, MetadataQuery
@@ -13,6 +13,7 @@ from weaviate.collections.classes.filters import FilterReturn
 from weaviate.collections.classes.internal import Object
 from weaviate.exceptions import WeaviateBaseError
 
+from freshkb.core import document_names
 from freshkb.core.errors import TransientError
 from freshkb.core.records import SourceKind
 from freshkb.store.collections import LiveCollections
@@ -52,6 +53,7 @@ def search(
     customer_id: str | None = None,
     alpha: float = 0.5,
     sources: Sequence[str] | None = None,
+    recent: RecentNames | None = None,
 ) -> list[SearchHit]:
     """Hybrid search over policy chunks and, given a customer, their records: the best chunk of
     each page, the k best pages.
@@ -60,7 +62,9 @@ def search(
     which scales each query's scores into [0, 1]. Because that score is relative, each hit
     also carries `relevance`, the cosine of its vector with the query's, an absolute measure
     the answer path uses to tell "nothing here answers this". With `sources`, only chunks of
-    those sources are searched (the answer path passes the fresh ones).
+    those sources are searched (the answer path passes the fresh ones). A page whose document
+    uses a name of the question far less than another candidate's does goes after the others
+    (`named_first`; documents' names read in the last minute are in `recent`).
     """
     if sources is not None and not sources:
         return []
@@ -83,7 +87,7 @@ def search(
             )
             found += [(obj, kind) for obj in response.objects]
         found.sort(key=lambda candidate: _score(candidate[0]), reverse=True)
-        kept = best_per_page(found)[:k]
+        kept = named_first(query, best_per_page(found), dict(targets), recent)[:k]
         # Vectors only for the hits kept: most of a query's cost is reading vectors.
         vectors = _vectors(dict(targets), kept)
     return [_hit(obj, kind, vector, vectors.get(str(obj.uuid))) for obj, kind in kept]
@@ -205,6 +209,68 @@ def best_per_page(found: Sequence[Candidate]) -> list[Candidate]:
             seen.add(key)
             kept.append((obj, kind))
     return kept
+
+
+class RecentNames:
+    """Documents' names (core/document_names.py) read in the last `ttl` seconds, by collection
+    and document id: a question's candidates come from the same few documents again and
+    again, and each read is a query. A changed document's old names serve at most `ttl`
+    seconds, and they only order candidates."""
+
+    def __init__(self, ttl: float = 60.0, size: int = 4096):
+        self.ttl, self.size = ttl, size
+        self._kept: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def get_many(self, collection: str, documents: Iterable[str]) -> dict[str, str]:
+        now = time.monotonic()
+        found = {d: self._kept.get((collection, d), (0.0, "")) for d in documents}
+        return {d: names for d, (until, names) in found.items() if until > now}
+
+    def add(self, collection: str, names: dict[str, str]) -> None:
+        if len(self._kept) + len(names) > self.size:
+            self._kept.clear()
+        until = time.monotonic() + self.ttl
+        self._kept.update({(collection, d): (until, n) for d, n in names.items()})
+
+
+def named_first(
+    query: str,
+    found: Sequence[Candidate],
+    collections: dict[SourceKind, Collection],
+    recent: RecentNames | None = None,
+) -> list[Candidate]:
+    """`found` in order, except that a candidate whose document uses a name of the question far
+    less than another candidate's document goes after the others (core/document_names.py).
+    The names are read from each document's first chunk, only when the question names
+    something and the candidates come from two documents or more: one fetch for those not in
+    `recent`."""
+    policies = collections.get(SourceKind.DOCUMENTS)
+    documents = {_document(obj) for obj, kind in found if kind is SourceKind.DOCUMENTS}
+    if policies is None or len(documents) < 2 or not document_names.question_names(query):
+        return list(found)
+    recent = recent or RecentNames()
+    names = recent.get_many(policies.name, documents)
+    if missing := sorted(documents - names.keys()):
+        response = policies.query.fetch_objects(
+            filters=Filter.by_property("document_id").contains_any(missing)
+            & Filter.by_property("position").equal(0),
+            limit=len(missing),
+            return_properties=["document_id", "document_names"],
+        )
+        read = {
+            _document(o): str(o.properties.get("document_names") or "") for o in response.objects
+        }
+        recent.add(policies.name, read)
+        names |= read
+    encoded = [
+        names.get(_document(obj), "") if kind is SourceKind.DOCUMENTS else "" for obj, kind in found
+    ]
+    misses = document_names.mismatches(query, encoded)
+    return [found[i] for i in sorted(range(len(found)), key=misses.__getitem__)]
+
+
+def _document(obj: Object) -> str:
+    return str(obj.properties.get("document_id", ""))
 
 
 def _targets(live: LiveCollections, customer_id: str | None) -> list[tuple[SourceKind, Collection]]:

@@ -120,6 +120,7 @@ class WeaviateStore:
         # The kind -> collection pins, shared with the routing (tests clear it to re-read).
         self._physical = self._live.physical
         self._known_terms = _search.KnownTerms()
+        self._recent_names = _search.RecentNames()
 
     @classmethod
     def connected(cls, settings: Settings) -> WeaviateStore:
@@ -323,5 +324,6 @@ class WeaviateStore:
                 customer_id=customer_id,
                 alpha=alpha,
                 sources=sources,
+                recent=self._recent_names,
             )
         )

@@ -152,6 +152,7 @@ def object_properties(
         "flow_run_id": flow_run_id,
         "model_id": model_id,
         "injection_reason": chunk.injection_reason,
+        "document_names": chunk.document_names,
     }
     if chunk.kind is SourceKind.CUSTOMERS:
         props["customer_id"] = chunk.customer_id

@@ -1,0 +1,176 @@
+"""A question naming one product or plan is answered from that one's document: candidates whose
+document uses the name far less than another candidate's go after the others
+(core/document_names.py), on a real Weaviate and in the logic alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from store_contract import DIM, MODEL, embedded, write
+
+from freshkb.core import document_names
+from freshkb.core.records import EmbeddedChunk, LoadedDocument, Section, SourceKind
+from freshkb.embeddings.chunking import ChunkingPolicy, chunk_document
+from freshkb.store import search as search_module
+
+
+def test_question_names_skip_clause_openers_and_acronyms() -> None:
+    question = "Does the Alpine Explorer Tent's rainfly fit? Also, Northwind Health Plus and COB?"
+    assert document_names.question_names(question) == [
+        "Alpine Explorer Tent",
+        "Northwind Health Plus",
+    ]
+    assert document_names.question_names("Where is my order?") == []
+
+
+def test_encode_counts_whole_runs_and_a_run_opening_a_sentence_without_its_opener() -> None:
+    encoded = document_names.encode(
+        [
+            "Alpine Explorer Tent",
+            "The Alpine Explorer Tent is light. Set up the Alpine Explorer Tent.",
+        ]
+    )
+    names, floor = document_names.decode(encoded) or ({}, -1)
+    assert names["Alpine Explorer Tent"] == 3  # the title, "The ..." without "The", the last
+    assert names["The Alpine Explorer Tent"] == 1
+    assert floor == 0  # nothing left out: a name not listed is never used
+
+
+def test_encode_keeps_the_most_used_names_and_bounds_the_rest(monkeypatch: Any) -> None:
+    monkeypatch.setattr(document_names, "KEPT", 2)
+    text = "I use Alpha. I use Alpha. I use Alpha. I use Bravo. I use Bravo. I use Charlie."
+    names, floor = document_names.decode(document_names.encode([text])) or ({}, -1)
+    assert names == {"Alpha": 3, "Bravo": 2}
+    assert floor == 2  # Charlie, left out, is used at most twice
+
+
+def table(**counts: int) -> str:
+    return json.dumps({"names": counts, "floor": 0})
+
+
+def test_a_document_that_never_uses_the_name_goes_after_one_that_does() -> None:
+    question = "What is the return policy for the SkyView Tent?"
+    alpine, skyview = table(**{"Alpine Explorer Tent": 9}), table(**{"SkyView Tent": 9})
+    assert document_names.mismatches(question, [alpine, skyview]) == [1, 0]
+
+
+def test_names_decide_nothing_when_unknown_rare_or_bounded_too_high() -> None:
+    question = "What is the return policy for the SkyView Tent?"
+    skyview = table(**{"SkyView Tent": 9})
+    # a document written before names were stored (or a customer record): nothing is known
+    assert document_names.mismatches(question, ["", skyview]) == [0, 0]
+    # a name used twice at most, by any candidate, is too rare to tell documents apart
+    assert document_names.mismatches(question, [table(), table(**{"SkyView Tent": 2})]) == [0, 0]
+    # left out of a long list whose floor is 5: it may be used 5 times, over a tenth of 9
+    bounded = json.dumps({"names": {"Other": 40}, "floor": 5})
+    assert document_names.mismatches(question, [bounded, skyview]) == [0, 0]
+    # a question without names leaves every document alone
+    assert document_names.mismatches("how do refunds work?", [table(), skyview]) == [0, 0]
+
+
+def test_only_the_first_chunk_of_a_policy_document_carries_its_names() -> None:
+    sections = tuple(
+        Section(text=f"The SkyView Tent part {n}. " + "words " * 120, page=n + 1) for n in range(3)
+    )
+    document = LoadedDocument(
+        document_id="d1",
+        source="manuals",
+        kind=SourceKind.DOCUMENTS,
+        key="skyview.md",
+        title="SkyView Tent",
+        sections=sections,
+        content_hash="h",
+        modified_at=datetime.now(UTC),
+    )
+    chunks = chunk_document(document, ChunkingPolicy.for_window(128))
+    assert len(chunks) >= 2
+    names, _ = document_names.decode(chunks[0].document_names) or ({}, 0)
+    assert names["SkyView Tent"] == 4  # the title and each section's opening run, opener dropped
+    assert all(chunk.document_names == "" for chunk in chunks[1:])
+    record = replace(document, kind=SourceKind.CUSTOMERS, customer_id="C-1")
+    assert all(
+        chunk.document_names == ""
+        for chunk in chunk_document(record, ChunkingPolicy.for_window(128))
+    )
+
+
+def manual(key: str, product: str, policy: str, vector: list[float]) -> list[EmbeddedChunk]:
+    """A two-chunk manual whose chunks never say the product's name (only its names table
+    does, as a long manual's other pages would): an overview, then a return policy."""
+    texts = ["Overview: sleeps two, pitch on flat ground.", policy]
+    names = document_names.encode([f"The {product} is ours."] * 5)
+    items = [replace(item.chunk, title="Tent manual") for item in embedded(key, texts)]
+    return [
+        EmbeddedChunk(replace(items[0], document_names=names), (0.0, 1.0, 0.0, 0.0)),
+        EmbeddedChunk(items[1], tuple(vector)),
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_the_named_products_return_policy_comes_first_on_weaviate(
+    store: Any, monkeypatch: Any
+) -> None:
+    store.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
+    # The Alpine return policy is the closer to the question, in words and in vector.
+    alpine_policy = "The return policy: unused items may be returned within 30 days."
+    skyview_policy = "Unused items may be sent back within 30 days for a full refund."
+    write(store, manual("alpine.md", "Alpine Explorer Tent", alpine_policy, [1.0, 0.0, 0.0, 0.0]))
+    write(store, manual("skyview.md", "SkyView Tent", skyview_policy, [0.9, 0.1, 0.0, 0.0]))
+    query, vector = "What is the return policy for the SkyView Tent?", [1.0, 0.0, 0.0, 0.0]
+
+    monkeypatch.setattr(document_names, "NAME_SHARE", 0.0)  # names off: closeness alone
+    assert store.search(query, vector, k=2)[0].document_key == "alpine.md"
+
+    monkeypatch.setattr(document_names, "NAME_SHARE", 0.1)
+    hits = store.search(query, vector, k=2)
+    assert [h.document_key for h in hits] == ["skyview.md", "skyview.md"]
+    # without a name in the question, closeness decides as before
+    assert store.search("What is the return policy?", vector, k=1)[0].document_key == "alpine.md"
+    assert search_module.named_first("no names here", [], {}) == []
+
+
+class FakePolicies:
+    """A policy collection answering the names fetch from a table, counting the fetches."""
+
+    def __init__(self, name: str, names: dict[str, str]):
+        self.name, self.names, self.fetches = name, names, 0
+        self.query = SimpleNamespace(fetch_objects=self.fetch_objects)
+
+    def fetch_objects(self, **_: Any) -> Any:
+        self.fetches += 1
+        objects = [
+            SimpleNamespace(properties={"document_id": d, "document_names": n})
+            for d, n in self.names.items()
+        ]
+        return SimpleNamespace(objects=objects)
+
+
+def candidate(document: str, kind: SourceKind = SourceKind.DOCUMENTS) -> tuple[Any, SourceKind]:
+    return SimpleNamespace(properties={"document_id": document}), kind
+
+
+def test_names_read_in_the_last_minute_are_not_fetched_again() -> None:
+    question = "What is the return policy for the SkyView Tent?"
+    policies = FakePolicies(
+        "PolicyChunk", {"alpine": table(Alpine=9), "skyview": table(**{"SkyView Tent": 9})}
+    )
+    found = [candidate("alpine"), candidate("rec", SourceKind.CUSTOMERS), candidate("skyview")]
+    recent = search_module.RecentNames()
+    for _ in range(3):
+        order = search_module.named_first(question, found, {SourceKind.DOCUMENTS: policies}, recent)
+        # the record knows no names: never put back; the Alpine manual goes last
+        assert [obj.properties["document_id"] for obj, _ in order] == ["rec", "skyview", "alpine"]
+    assert policies.fetches == 1
+    other = FakePolicies("PolicyChunk_v2", policies.names)  # another collection: its own entries
+    search_module.named_first(question, found, {SourceKind.DOCUMENTS: other}, recent)
+    assert other.fetches == 1
+    expired = search_module.RecentNames(ttl=0.0)
+    for _ in range(2):
+        search_module.named_first(question, found, {SourceKind.DOCUMENTS: other}, expired)
+    assert other.fetches == 3
