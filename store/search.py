@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from weaviate.classes.query import BM25Operator, Filter, HybridFusion, MetadataQuery
@@ -18,6 +18,7 @@ from freshkb.core.errors import TransientError
 from freshkb.core.records import SourceKind
 from freshkb.store.collections import LiveCollections
 from freshkb.store.protocol import SearchHit
+from freshkb.store.recent import RecentNames, RecentReads, RecentVectors
 from freshkb.store.state import opt_int, opt_str
 
 _QUERY_PROPERTIES = ["text", "title^2", "section_title"]
@@ -26,8 +27,8 @@ _FUSION = HybridFusion.RELATIVE_SCORE
 # near-copies of itself, so more are fetched and only each page's best chunk is kept (pages
 # are what citations name). 4 gave page hit@5 +2.9 points on both halves of the dev cases.
 CANDIDATES_PER_HIT = 4
-# What a hit carries, and nothing else: four times the objects come back, so the hashes,
-# counts and dates no hit uses are left in Weaviate.
+# What a hit carries, and nothing else: four times the objects come back, so the counts and
+# dates no hit uses are left in Weaviate.
 _RETURNED = (
     "text",
     "title",
@@ -39,6 +40,8 @@ _RETURNED = (
     "ingested_at",
     "flow_run_id",
     "injection_reason",
+    "chunk_hash",  # with model_id, the key of the chunk's vector in RecentVectors
+    "model_id",
 )
 
 Candidate = tuple[Object, SourceKind]
@@ -53,7 +56,7 @@ def search(
     customer_id: str | None = None,
     alpha: float = 0.5,
     sources: Sequence[str] | None = None,
-    recent: RecentNames | None = None,
+    recent: RecentReads | None = None,
 ) -> list[SearchHit]:
     """Hybrid search over policy chunks and, given a customer, their records: the best chunk of
     each page, the k best pages.
@@ -64,11 +67,13 @@ def search(
     the answer path uses to tell "nothing here answers this". With `sources`, only chunks of
     those sources are searched (the answer path passes the fresh ones). A page whose document
     uses a name of the question far less than another candidate's does goes after the others
-    (`named_first`; documents' names read in the last minute are in `recent`).
+    (`named_first`). Documents' names and chunks' vectors read before come from `recent`
+    (store/recent.py) instead of Weaviate.
     """
     if sources is not None and not sources:
         return []
     source_filter = _source_filter(sources)
+    recent = recent or RecentReads(RecentNames(), RecentVectors(size=0))
     found: list[Candidate] = []
     # resolving the alias is a call too: Weaviate down fails there, as a TransientError
     with _transient(live, "search"):
@@ -87,9 +92,9 @@ def search(
             )
             found += [(obj, kind) for obj in response.objects]
         found.sort(key=lambda candidate: _score(candidate[0]), reverse=True)
-        kept = named_first(query, best_per_page(found), dict(targets), recent)[:k]
+        kept = named_first(query, best_per_page(found), dict(targets), recent.names)[:k]
         # Vectors only for the hits kept: most of a query's cost is reading vectors.
-        vectors = _vectors(dict(targets), kept)
+        vectors = _vectors(dict(targets), kept, recent.vectors)
     return [_hit(obj, kind, vector, vectors.get(str(obj.uuid))) for obj, kind in kept]
 
 
@@ -176,12 +181,16 @@ def _transient(live: LiveCollections, what: str) -> Iterator[None]:
 
 
 def _vectors(
-    collections: dict[SourceKind, Collection], kept: Sequence[Candidate]
-) -> dict[str, object]:
-    """The stored vector of each kept object, by UUID: one fetch per collection."""
-    vectors: dict[str, object] = {}
+    collections: dict[SourceKind, Collection],
+    kept: Sequence[Candidate],
+    recent: RecentVectors,
+) -> dict[str, Sequence[float] | None]:
+    """The stored vector of each kept object, by UUID: from `recent` when it holds the chunk's
+    (content, model), else one fetch per collection for the others."""
+    keys = {str(obj.uuid): _vector_key(obj) for obj, _ in kept}
+    vectors: dict[str, Sequence[float] | None] = dict(recent.get_many(keys))
     for kind, collection in collections.items():
-        ids = [obj.uuid for obj, of in kept if of is kind]
+        ids = [obj.uuid for obj, of in kept if of is kind and str(obj.uuid) not in vectors]
         if not ids:
             continue
         response = collection.query.fetch_objects(
@@ -190,10 +199,23 @@ def _vectors(
             include_vector=True,
             return_properties=[],
         )
-        vectors |= {
-            str(o.uuid): o.vector.get("default") if o.vector else None for o in response.objects
-        }
+        fetched = {str(o.uuid): _flat(o.vector.get("default")) for o in response.objects}
+        recent.add({keys[uuid]: v for uuid, v in fetched.items() if v is not None})
+        vectors |= fetched
     return vectors
+
+
+def _flat(vector: object) -> list[float] | None:
+    """A single vector as stored, or None (missing, or not one flat vector)."""
+    if isinstance(vector, list) and all(isinstance(x, float) for x in vector[:1]):
+        return vector
+    return None
+
+
+def _vector_key(obj: Object) -> tuple[str, str] | None:
+    """What a chunk's vector is a function of: its embedded text's hash and the model."""
+    chunk_hash, model = obj.properties.get("chunk_hash"), obj.properties.get("model_id")
+    return (str(chunk_hash), str(model)) if chunk_hash and model else None
 
 
 def best_per_page(found: Sequence[Candidate]) -> list[Candidate]:
@@ -211,53 +233,35 @@ def best_per_page(found: Sequence[Candidate]) -> list[Candidate]:
     return kept
 
 
-class RecentNames:
-    """Documents' names (core/document_names.py) read in the last `ttl` seconds, by collection
-    and document id: a question's candidates come from the same few documents again and
-    again, and each read is a query. A changed document's old names serve at most `ttl`
-    seconds, and they only order candidates."""
-
-    def __init__(self, ttl: float = 60.0, size: int = 4096):
-        self.ttl, self.size = ttl, size
-        self._kept: dict[tuple[str, str], tuple[float, str]] = {}
-
-    def get_many(self, collection: str, documents: Iterable[str]) -> dict[str, str]:
-        now = time.monotonic()
-        found = {d: self._kept.get((collection, d), (0.0, "")) for d in documents}
-        return {d: names for d, (until, names) in found.items() if until > now}
-
-    def add(self, collection: str, names: dict[str, str]) -> None:
-        if len(self._kept) + len(names) > self.size:
-            self._kept.clear()
-        until = time.monotonic() + self.ttl
-        self._kept.update({(collection, d): (until, n) for d, n in names.items()})
-
-
 def named_first(
     query: str,
     found: Sequence[Candidate],
     collections: dict[SourceKind, Collection],
     recent: RecentNames | None = None,
 ) -> list[Candidate]:
-    """`found` in order, except that a candidate whose document uses a name of the question far
-    less than another candidate's document goes after the others (core/document_names.py).
-    The names are read from each document's first chunk, only when the question names
-    something and the candidates come from two documents or more: one fetch for those not in
-    `recent`."""
+    """`found` in order, except that a candidate whose document leaves behind a name of the
+    question goes after the others (core/document_names.py). The names are read from each
+    document's first chunk, only when the question has a run of capitalised words and the
+    candidates come from two documents or more: one fetch for those not in `recent`. The
+    names only order candidates: if Weaviate cannot give them, `found` stays as it is."""
     policies = collections.get(SourceKind.DOCUMENTS)
     documents = {_document(obj) for obj, kind in found if kind is SourceKind.DOCUMENTS}
-    if policies is None or len(documents) < 2 or not document_names.question_names(query):
+    if policies is None or len(documents) < 2 or not document_names.question_runs(query):
         return list(found)
     recent = recent or RecentNames()
     names = recent.get_many(policies.name, documents)
     if missing := sorted(documents - names.keys()):
-        response = policies.query.fetch_objects(
-            filters=Filter.by_property("document_id").contains_any(missing)
-            & Filter.by_property("position").equal(0),
-            limit=len(missing),
-            return_properties=["document_id", "document_names"],
-        )
-        read = {
+        try:
+            response = policies.query.fetch_objects(
+                filters=Filter.by_property("document_id").contains_any(missing)
+                & Filter.by_property("position").equal(0),
+                limit=len(missing),
+                return_properties=["document_id", "document_names"],
+            )
+        except WeaviateBaseError:
+            return list(found)
+        read = dict.fromkeys(missing, "")  # a document without a first chunk: no names
+        read |= {
             _document(o): str(o.properties.get("document_names") or "") for o in response.objects
         }
         recent.add(policies.name, read)
@@ -265,7 +269,8 @@ def named_first(
     encoded = [
         names.get(_document(obj), "") if kind is SourceKind.DOCUMENTS else "" for obj, kind in found
     ]
-    misses = document_names.mismatches(query, encoded)
+    texts = [str(obj.properties.get("text") or "") for obj, _ in found]
+    misses = document_names.mismatches(query, encoded, texts)
     return [found[i] for i in sorted(range(len(found)), key=misses.__getitem__)]
 
 
@@ -294,7 +299,9 @@ def _score(obj: Object) -> float:
     return float(obj.metadata.score or 0.0)
 
 
-def _hit(obj: Object, kind: SourceKind, query_vector: Sequence[float], vector: object) -> SearchHit:
+def _hit(
+    obj: Object, kind: SourceKind, query_vector: Sequence[float], vector: Sequence[float] | None
+) -> SearchHit:
     """One returned object as a hit, its relevance from its stored vector."""
     p = obj.properties
     return SearchHit(
@@ -316,9 +323,9 @@ def _hit(obj: Object, kind: SourceKind, query_vector: Sequence[float], vector: o
     )
 
 
-def _cosine(query: Sequence[float], vector: object) -> float | None:
+def _cosine(query: Sequence[float], vector: Sequence[float] | None) -> float | None:
     """Cosine similarity of two vectors; None when the object came without a usable vector."""
-    if not isinstance(vector, list) or len(vector) != len(query):
+    if vector is None or len(vector) != len(query):
         return None
     dot = sum(a * b for a, b in zip(query, vector, strict=True))
     norm = math.sqrt(sum(a * a for a in query)) * math.sqrt(sum(b * b for b in vector))

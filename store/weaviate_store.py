@@ -38,6 +38,7 @@ from freshkb.store.collections import LiveCollections
 from freshkb.store.connection import connect
 from freshkb.store.description import VersionDescription
 from freshkb.store.protocol import IndexVersion, SearchHit, WriteResult
+from freshkb.store.recent import RecentReads
 from freshkb.store.schema import ALIASES, CUSTOMER_ALIAS, POLICY_ALIAS
 from freshkb.store.server import known_nodes
 from freshkb.store.versions import VersionCatalog
@@ -120,7 +121,7 @@ class WeaviateStore:
         # The kind -> collection pins, shared with the routing (tests clear it to re-read).
         self._physical = self._live.physical
         self._known_terms = _search.KnownTerms()
-        self._recent_names = _search.RecentNames()
+        self._recent = RecentReads()
 
     @classmethod
     def connected(cls, settings: Settings) -> WeaviateStore:
@@ -324,6 +325,6 @@ class WeaviateStore:
                 customer_id=customer_id,
                 alpha=alpha,
                 sources=sources,
-                recent=self._recent_names,
+                recent=self._recent,
             )
         )

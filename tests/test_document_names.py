@@ -12,20 +12,37 @@ from typing import Any
 
 import pytest
 from store_contract import DIM, MODEL, embedded, write
+from weaviate.exceptions import WeaviateBaseError
 
 from freshkb.core import document_names
 from freshkb.core.records import EmbeddedChunk, LoadedDocument, Section, SourceKind
 from freshkb.embeddings.chunking import ChunkingPolicy, chunk_document
 from freshkb.store import search as search_module
+from freshkb.store.recent import RecentNames
 
 
-def test_question_names_skip_clause_openers_and_acronyms() -> None:
-    question = "Does the Alpine Explorer Tent's rainfly fit? Also, Northwind Health Plus and COB?"
-    assert document_names.question_names(question) == [
-        "Alpine Explorer Tent",
-        "Northwind Health Plus",
+def test_question_runs_drop_lone_clause_openers_quotes_and_inner_capitals() -> None:
+    question = 'Hi, Does the "Alpine Explorer Tent\u2019s" fly fit? Also, Northwind Health Plus'
+    assert document_names.question_runs(question) == [
+        (["Alpine", "Explorer", "Tent"], False),
+        (["Northwind", "Health", "Plus"], True),  # after "Also," it opens a clause
     ]
-    assert document_names.question_names("Where is my order?") == []
+    assert document_names.question_runs("Where is my order?") == []
+    assert document_names.question_runs("Is my iPhone from eBay covered?") == []
+    assert document_names.question_runs("Is the SkyView 2-Person Tent dry?") == [
+        (["SkyView", "2-Person", "Tent"], False)
+    ]
+    assert document_names.question_runs("Can I pay in Model 3 form?") == [
+        (["Can", "I"], True),
+        (["Model"], False),
+    ]
+
+
+def test_a_span_with_the_clause_opener_needs_three_letters_besides_it() -> None:
+    faq = table(**{"Can I": 12})  # an FAQ's headings: "Can I open...", "Can I close..."
+    assert document_names.mismatches("Can I pay twice?", [faq, table()]) == [0, 0]
+    plans = [table(**{"Northwind Health Plus": 40}), table()]
+    assert document_names.mismatches("Northwind Health Plus covers it?", plans) == [0, 1]
 
 
 def test_encode_counts_whole_runs_and_a_run_opening_a_sentence_without_its_opener() -> None:
@@ -39,6 +56,7 @@ def test_encode_counts_whole_runs_and_a_run_opening_a_sentence_without_its_opene
     assert names["Alpine Explorer Tent"] == 3  # the title, "The ..." without "The", the last
     assert names["The Alpine Explorer Tent"] == 1
     assert floor == 0  # nothing left out: a name not listed is never used
+    assert document_names.decode("not json") is None and document_names.decode("") is None
 
 
 def test_encode_keeps_the_most_used_names_and_bounds_the_rest(monkeypatch: Any) -> None:
@@ -47,6 +65,8 @@ def test_encode_keeps_the_most_used_names_and_bounds_the_rest(monkeypatch: Any) 
     names, floor = document_names.decode(document_names.encode([text])) or ({}, -1)
     assert names == {"Alpha": 3, "Bravo": 2}
     assert floor == 2  # Charlie, left out, is used at most twice
+    bounded = json.dumps({"names": names, "floor": floor})
+    assert document_names.mismatches("Is Charlie here?", [bounded, table(Charlie=40)]) == [1, 0]
 
 
 def table(**counts: int) -> str:
@@ -59,18 +79,49 @@ def test_a_document_that_never_uses_the_name_goes_after_one_that_does() -> None:
     assert document_names.mismatches(question, [alpine, skyview]) == [1, 0]
 
 
-def test_names_decide_nothing_when_unknown_rare_or_bounded_too_high() -> None:
+def test_a_run_names_its_longest_span_some_document_uses() -> None:
+    alpine, skyview = table(**{"Alpine Explorer Tent": 9}), table(**{"SkyView Tent": 9})
+    # the opener and a word after the name are part of the run, not of the name
+    question = "What SkyView Tent Waterproofing is there? Is it Alpine Explorer Tent Approved?"
+    assert document_names.mismatches(question, [alpine, skyview]) == [1, 1]
+    assert document_names.mismatches("Which SkyView Tent Parts?", [alpine, skyview]) == [1, 0]
+
+
+def test_a_document_using_the_name_more_than_twice_keeps_its_place() -> None:
+    # a brochure comparing two plans says each name a dozen times, their own documents hundreds
+    question = "How does the Northwind Standard plan compare?"
+    brochure, standard = table(**{"Northwind Standard": 13}), table(**{"Northwind Standard": 377})
+    assert document_names.mismatches(question, [brochure, standard, table()]) == [0, 0, 1]
+    # with few uses anywhere, only a document that never uses it is left behind
+    few = table(**{"Northwind Standard": 5})
+    assert document_names.mismatches(question, [few, table(**{"Northwind Standard": 1})]) == [0, 0]
+    assert document_names.mismatches(question, [few, table()]) == [0, 1]
+
+
+def test_a_name_the_passages_also_write_in_lower_case_decides_nothing() -> None:
+    question = "Is the tent Waterproof?"
+    documents = [table(Waterproof=9), table()]
+    assert document_names.mismatches(question, documents) == [0, 1]
+    passages = ["Fully waterproof, with taped seams."]
+    assert document_names.mismatches(question, documents, passages) == [0, 0]
+    # as part of another word it is not the phrase
+    assert document_names.mismatches(question, documents, ["waterproofing spray"]) == [0, 1]
+
+
+def test_names_decide_nothing_when_unknown_rare_bounded_or_calendar() -> None:
     question = "What is the return policy for the SkyView Tent?"
     skyview = table(**{"SkyView Tent": 9})
     # a document written before names were stored (or a customer record): nothing is known
     assert document_names.mismatches(question, ["", skyview]) == [0, 0]
     # a name used twice at most, by any candidate, is too rare to tell documents apart
     assert document_names.mismatches(question, [table(), table(**{"SkyView Tent": 2})]) == [0, 0]
-    # left out of a long list whose floor is 5: it may be used 5 times, over a tenth of 9
+    # left out of a long list whose floor is 5: it may be used 5 times, enough to stay
     bounded = json.dumps({"names": {"Other": 40}, "floor": 5})
     assert document_names.mismatches(question, [bounded, skyview]) == [0, 0]
     # a question without names leaves every document alone
     assert document_names.mismatches("how do refunds work?", [table(), skyview]) == [0, 0]
+    # months and days are no names, however often a document writes them
+    assert document_names.mismatches("Open in January?", [table(), table(January=40)]) == [0, 0]
 
 
 def test_only_the_first_chunk_of_a_policy_document_carries_its_names() -> None:
@@ -132,7 +183,6 @@ def test_the_named_products_return_policy_comes_first_on_weaviate(
     assert [h.document_key for h in hits] == ["skyview.md", "skyview.md"]
     # without a name in the question, closeness decides as before
     assert store.search("What is the return policy?", vector, k=1)[0].document_key == "alpine.md"
-    assert search_module.named_first("no names here", [], {}) == []
 
 
 class FakePolicies:
@@ -161,7 +211,7 @@ def test_names_read_in_the_last_minute_are_not_fetched_again() -> None:
         "PolicyChunk", {"alpine": table(Alpine=9), "skyview": table(**{"SkyView Tent": 9})}
     )
     found = [candidate("alpine"), candidate("rec", SourceKind.CUSTOMERS), candidate("skyview")]
-    recent = search_module.RecentNames()
+    recent = RecentNames()
     for _ in range(3):
         order = search_module.named_first(question, found, {SourceKind.DOCUMENTS: policies}, recent)
         # the record knows no names: never put back; the Alpine manual goes last
@@ -170,7 +220,57 @@ def test_names_read_in_the_last_minute_are_not_fetched_again() -> None:
     other = FakePolicies("PolicyChunk_v2", policies.names)  # another collection: its own entries
     search_module.named_first(question, found, {SourceKind.DOCUMENTS: other}, recent)
     assert other.fetches == 1
-    expired = search_module.RecentNames(ttl=0.0)
+    expired = RecentNames(ttl=0.0)
     for _ in range(2):
         search_module.named_first(question, found, {SourceKind.DOCUMENTS: other}, expired)
     assert other.fetches == 3
+
+
+def test_the_order_stays_when_weaviate_cannot_give_the_names() -> None:
+    class Down(FakePolicies):
+        def fetch_objects(self, **_: Any) -> Any:
+            raise WeaviateBaseError("connection refused")
+
+    question = "What is the return policy for the SkyView Tent?"
+    found = [candidate("alpine"), candidate("skyview")]
+    down = Down("PolicyChunk", {})
+    assert search_module.named_first(question, found, {SourceKind.DOCUMENTS: down}) == found
+
+
+def test_a_document_without_a_first_chunk_is_not_asked_for_again() -> None:
+    question = "What is the return policy for the SkyView Tent?"
+    policies = FakePolicies("PolicyChunk", {"skyview": table(**{"SkyView Tent": 9})})
+    found = [candidate("alpine"), candidate("skyview")]  # alpine's first chunk is gone
+    recent = RecentNames()
+    for _ in range(2):
+        order = search_module.named_first(question, found, {SourceKind.DOCUMENTS: policies}, recent)
+        assert [obj.properties["document_id"] for obj, _ in order] == ["alpine", "skyview"]
+    assert policies.fetches == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_collection_from_before_names_leaves_the_order_as_it_is(
+    store: Any, weaviate_settings: Any
+) -> None:
+    from weaviate.classes.config import Configure, DataType, Property
+
+    from freshkb.store.connection import connect
+
+    client = connect(weaviate_settings)
+    try:
+        # Written by an older freshkb: neither a names property nor (here) positions.
+        client.collections.create(
+            "OldChunks",
+            properties=[Property(name="document_id", data_type=DataType.TEXT)],
+            vector_config=Configure.Vectors.self_provided(),
+        )
+        old = client.collections.get("OldChunks")
+        old.data.insert({"document_id": "alpine"}, vector=[1.0, 0.0, 0.0, 0.0])
+        question = "What is the return policy for the SkyView Tent?"
+        found = [candidate("alpine"), candidate("skyview")]
+        order = search_module.named_first(question, found, {SourceKind.DOCUMENTS: old})
+        assert order == found
+    finally:
+        client.collections.delete("OldChunks")
+        client.close()
