@@ -6,10 +6,12 @@ Ingests ../shared/corpus/policies/outdoor-manuals (20 product manuals, two or th
 with near-identical warranty, return and caution sections) and benefits-pdfs beside them into a
 throw-away index, then asks six questions per product, each naming it ("What is the return
 policy for the <product>?"; the product names are read from the manuals, no question is written
-here), and reports how often the product's own manual is the first hit and in the top 5: with
-the document-name ordering (core/document_names.py) and without it (NAME_SHARE 0), on the same
-index in one process. The questions are templates of this bench, not an evaluation set: they
-measure the one thing they vary, which manual a named product's question reaches.
+here), and reports how often the product's own manual is the first hit and in the top 5:
+with the document-name ordering (core/document_names.py) and without it (NAME_SHARE -1: no
+document left behind), on the same index in one process. The questions are templates of this
+bench, not an evaluation set: they measure the one thing they vary, which manual a named
+product's question reaches. The dev cases (bench/answer_quality.py) are the control: questions
+of every kind, where the ordering must not cost anything.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def measure(corpus: Path, work: Path) -> dict[str, Any]:
         service = build_runtime(Settings()).service
         named = products(corpus / "outdoor-manuals")
         share_on = document_names.NAME_SHARE
-        document_names.NAME_SHARE = 0.0
+        document_names.NAME_SHARE = -1.0
         off = ranks(service, named, 5)
         document_names.NAME_SHARE = share_on
         on = ranks(service, named, 5)

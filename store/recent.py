@@ -23,19 +23,24 @@ class RecentNames:
     def __init__(self, ttl: float = 60.0, size: int = 4096):
         self.ttl, self.size = ttl, size
         self._kept: dict[tuple[str, str], tuple[float, str]] = {}
+        self._lock = threading.Lock()
 
     def get_many(self, collection: str, documents: Iterable[str]) -> dict[str, str]:
         """The names held and unexpired, by document id ("" for a document without names)."""
         now = time.monotonic()
-        found = {d: self._kept.get((collection, d), (0.0, "")) for d in documents}
+        with self._lock:
+            found = {d: self._kept.get((collection, d), (0.0, "")) for d in documents}
         return {d: names for d, (until, names) in found.items() if until > now}
 
     def add(self, collection: str, names: dict[str, str]) -> None:
-        """Hold these documents' names for `ttl` seconds (all are dropped when full)."""
-        if len(self._kept) + len(names) > self.size:
-            self._kept.clear()
+        """Hold these documents' names for `ttl` seconds; the oldest go first when full."""
         until = time.monotonic() + self.ttl
-        self._kept.update({(collection, d): (until, n) for d, n in names.items()})
+        with self._lock:
+            for document, encoded in names.items():
+                self._kept.pop((collection, document), None)  # re-added: now the newest
+                self._kept[(collection, document)] = (until, encoded)
+            while len(self._kept) > self.size:
+                del self._kept[next(iter(self._kept))]
 
 
 class RecentVectors:

@@ -27,8 +27,8 @@ _FUSION = HybridFusion.RELATIVE_SCORE
 # near-copies of itself, so more are fetched and only each page's best chunk is kept (pages
 # are what citations name). 4 gave page hit@5 +2.9 points on both halves of the dev cases.
 CANDIDATES_PER_HIT = 4
-# What a hit carries, and nothing else: four times the objects come back, so the counts and
-# dates no hit uses are left in Weaviate.
+# What a hit carries, and the key of its vector (RecentVectors): four times the objects come
+# back, so the counts and dates no hit uses are left in Weaviate.
 _RETURNED = (
     "text",
     "title",
@@ -197,17 +197,19 @@ def _vectors(
             filters=Filter.by_id().contains_any(ids),
             limit=len(ids),
             include_vector=True,
-            return_properties=[],
+            return_properties=["chunk_hash", "model_id"],  # the key, as of this read
         )
-        fetched = {str(o.uuid): _flat(o.vector.get("default")) for o in response.objects}
-        recent.add({keys[uuid]: v for uuid, v in fetched.items() if v is not None})
-        vectors |= fetched
+        fetched = {
+            str(o.uuid): (_vector_key(o), _flat(o.vector.get("default"))) for o in response.objects
+        }
+        recent.add({key: v for key, v in fetched.values() if v is not None})
+        vectors |= {uuid: v for uuid, (_, v) in fetched.items()}
     return vectors
 
 
 def _flat(vector: object) -> list[float] | None:
     """A single vector as stored, or None (missing, or not one flat vector)."""
-    if isinstance(vector, list) and all(isinstance(x, float) for x in vector[:1]):
+    if isinstance(vector, list) and vector and isinstance(vector[0], float):
         return vector
     return None
 
@@ -246,7 +248,7 @@ def named_first(
     names only order candidates: if Weaviate cannot give them, `found` stays as it is."""
     policies = collections.get(SourceKind.DOCUMENTS)
     documents = {_document(obj) for obj, kind in found if kind is SourceKind.DOCUMENTS}
-    if policies is None or len(documents) < 2 or not document_names.question_runs(query):
+    if policies is None or len(documents) < 2 or not document_names.has_names(query):
         return list(found)
     recent = recent or RecentNames()
     names = recent.get_many(policies.name, documents)
@@ -258,7 +260,8 @@ def named_first(
                 limit=len(missing),
                 return_properties=["document_id", "document_names"],
             )
-        except WeaviateBaseError:
+        except WeaviateBaseError:  # e.g. a collection from before names: not asked again soon
+            recent.add(policies.name, dict.fromkeys(missing, ""))
             return list(found)
         read = dict.fromkeys(missing, "")  # a document without a first chunk: no names
         read |= {

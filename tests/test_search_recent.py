@@ -28,17 +28,25 @@ def test_recent_vectors_keep_the_last_used_and_forget_the_oldest() -> None:
 
 
 class FakeChunks:
-    """A collection answering the vector fetch from a table by UUID, counting the fetches."""
+    """A collection answering the vector fetch from a table by UUID (vector and chunk hash as
+    stored now), counting the fetches."""
 
-    def __init__(self, vectors: dict[str, list[float]]):
-        self.vectors, self.fetched = vectors, []
+    def __init__(self, vectors: dict[str, list[float]], hashes: dict[str, str] | None = None):
+        self.vectors, self.hashes, self.fetched = vectors, hashes or {}, []
         self.query = SimpleNamespace(fetch_objects=self.fetch_objects)
 
     def fetch_objects(self, filters: Any, **_: Any) -> Any:
         asked = [str(u) for u in filters.value]
         self.fetched.append(asked)
         return SimpleNamespace(
-            objects=[SimpleNamespace(uuid=u, vector={"default": self.vectors[u]}) for u in asked]
+            objects=[
+                SimpleNamespace(
+                    uuid=u,
+                    vector={"default": self.vectors[u]},
+                    properties={"chunk_hash": self.hashes.get(u, ""), "model_id": MODEL},
+                )
+                for u in asked
+            ]
         )
 
 
@@ -51,18 +59,34 @@ def kept(uuid: str, chunk_hash: str, model: str = MODEL) -> tuple[Any, SourceKin
 
 
 def test_only_vectors_not_held_are_fetched_and_a_new_text_or_model_is_fetched_again() -> None:
-    chunks = FakeChunks({U1: [1.0, 0.0], U2: [0.0, 1.0]})
+    chunks = FakeChunks({U1: [1.0, 0.0], U2: [0.0, 1.0]}, {U1: "h1", U2: "h2"})
     collections: Any = {SourceKind.DOCUMENTS: chunks}
     recent = RecentVectors()
     first = search_module._vectors(collections, [kept(U1, "h1"), kept(U2, "h2")], recent)
     again = search_module._vectors(collections, [kept(U1, "h1"), kept(U2, "h2")], recent)
     assert {u: list(v or ()) for u, v in again.items()} == first
     assert chunks.fetched == [[U1, U2]]  # the second time, none fetched
-    chunks.vectors[U1] = [0.6, 0.8]  # u1 rewritten: other text, so another chunk hash
+    chunks.vectors[U1], chunks.hashes[U1] = [0.6, 0.8], "h1-new"  # rewritten: other text
     rewritten = search_module._vectors(collections, [kept(U1, "h1-new"), kept(U2, "h2")], recent)
     assert rewritten[U1] == [0.6, 0.8] and chunks.fetched[-1] == [U1]  # only the rewritten one
     search_module._vectors(collections, [kept(U2, "h2", model="other-model")], recent)
     assert chunks.fetched[-1] == [U2]
+
+
+def test_a_vector_rewritten_between_search_and_fetch_is_kept_under_its_own_hash() -> None:
+    # The search saw U1 as "old"; by the fetch it had been rewritten as "new".
+    chunks = FakeChunks({U1: [0.6, 0.8]}, {U1: "new"})
+    recent = RecentVectors()
+    search_module._vectors({SourceKind.DOCUMENTS: chunks}, [kept(U1, "old")], recent)  # type: ignore[dict-item]
+    assert recent.get_many({"a": ("old", MODEL)}) == {}
+    assert list(recent.get_many({"a": ("new", MODEL)})["a"]) == pytest.approx([0.6, 0.8])
+
+
+def test_only_a_flat_list_of_floats_is_a_vector() -> None:
+    assert search_module._flat([0.5, 0.5]) == [0.5, 0.5]
+    assert search_module._flat([]) is None
+    assert search_module._flat([[0.5, 0.5]]) is None  # a multi-vector
+    assert search_module._flat(None) is None
 
 
 @pytest.mark.integration
