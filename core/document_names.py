@@ -49,7 +49,8 @@ _WORD = r"(?:[^\W\d_][\w'\u2019-]*|\d[\w-]*[^\W\d_][\w'\u2019-]*)"
 _RUN = re.compile(rf"(?<![\w\u2019-])(?<!\w'){_WORD}(?:[ \t]+{_WORD})*")
 _POSSESSIVE = re.compile(r"['\u2019]s?$")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-_CLAUSE = re.compile(r"(?<=[.!?,;:])\s+|\n+")
+# Where a clause starts: after a sentence end, a line break, or , ; : (serving/names.py too)
+CLAUSE = re.compile(r"(?<=[.!?,;:])\s+|\n+")
 _EDGES = "\"'()[]{}<>*_\u201c\u201d\u2018\u2019"
 
 
@@ -101,7 +102,7 @@ def question_runs(question: str) -> list[tuple[list[str], bool]]:
     with whether its first word opens a clause (and may be capitalised only for that: "What
     Northwind..."); a lone clause opener ("What", "Hi, Can") is no run."""
     found: list[tuple[list[str], bool]] = []
-    for clause in _CLAUSE.split(question):
+    for clause in CLAUSE.split(question):
         clause = _OPENER.sub("", clause.strip(_EDGES)).strip(_EDGES)
         for run in runs(clause):
             words, opens = run.split(), clause.startswith(run)

@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from functools import cache
 
+from freshkb.core.document_names import CLAUSE
 from freshkb.core.errors import TransientError
 from freshkb.serving.answerability import question_words
 from freshkb.serving.grounding import word_list
@@ -24,8 +25,6 @@ from freshkb.store.protocol import IndexReader
 
 MAX_NAMES = 4  # names looked up per question, at most
 SHORT_LINE = 3  # words: a line this short is a greeting or a signature
-# Where a clause starts: after a sentence end, a line break, or , ; :
-_CLAUSE = re.compile(r"(?<=[.!?,;:])\s+|\n+")
 _EDGES = "\"'()[]{}<>.,;:!?\u201c\u201d\u2018\u2019\u2014\u2013*_"
 _POSSESSIVE = re.compile(r"['\u2019]s$")
 
@@ -53,7 +52,7 @@ def names(question: str) -> list[str]:
     lines = question.splitlines()
     if len(lines) > 1:
         lines = [line for line in lines if len(line.split()) > SHORT_LINE]
-    for clause in _CLAUSE.split("\n".join(lines)):
+    for clause in CLAUSE.split("\n".join(lines)):
         for word in clause.split()[1:]:
             name = _as_name(word)
             if name is not None and name not in found:
