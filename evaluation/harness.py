@@ -80,9 +80,7 @@ class EvalOptions:
     index_dir: Path | None = None  # keep the throw-away index here (reused); None: a temp dir
     weaviate_ports: tuple[int, int] = DEFAULT_PORTS  # HTTP, gRPC of the throw-away Weaviate
     split: str = "all"  # A or B: only that half of the cases (evaluation/cases.py half_of)
-    # Remember the injection guard's verdict on each retrieved passage's text, so a passage
-    # retrieved for many cases is screened once: same verdicts, much less time, but the
-    # screen stage's latency is then that of a service with a verdict cache.
+    also_index: tuple[Path, ...] = ()  # document folders indexed besides those QA cases cite
 
 
 @dataclass(frozen=True)
@@ -192,7 +190,7 @@ def _run_throwaway(
     """The cases against an index built for them."""
     corpus = options.corpus or default_corpus()
     with index_dir(options.index_dir) as data_dir:
-        plan = plan_index(cases, corpus, data_dir, options.weaviate_ports)
+        plan = plan_index(cases, corpus, data_dir, options.weaviate_ports, options.also_index)
         with evaluation_index(plan, cases, settings, report) as built:
             emails = built.report("eval-emails")
             if emails is not None and emails.chunks_embedded:

@@ -23,6 +23,7 @@ from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, DataError
 from freshkb.core.report import RunReport
 from freshkb.evaluation.cases import CaseSet
+from freshkb.loaders.documents import BINARY_FORMATS, TEXT_FORMATS
 from freshkb.serving.runtime import Runtime, build_runtime
 
 EMAIL_SOURCE = "eval-emails"
@@ -67,8 +68,15 @@ def source_name(folder: Path) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", folder.name.lower()).strip("-_") or "corpus"
 
 
-def plan_index(cases: CaseSet, corpus: Path, data_dir: Path, ports: tuple[int, int]) -> IndexPlan:
-    """The sources the cases need; a ConfigError naming a cited file the corpus lacks."""
+def plan_index(
+    cases: CaseSet,
+    corpus: Path,
+    data_dir: Path,
+    ports: tuple[int, int],
+    also: tuple[Path, ...] = (),
+) -> IndexPlan:
+    """The sources the cases need, and the document folders `also` names; a ConfigError naming
+    a cited file the corpus lacks, or a folder that holds no document freshkb reads."""
     if cases.qa and not corpus.is_dir():
         raise ConfigError(
             f"{corpus}: no such corpus folder; pass --corpus with the folder the cases cite "
@@ -82,6 +90,8 @@ def plan_index(cases: CaseSet, corpus: Path, data_dir: Path, ports: tuple[int, i
                 f"{corpus}: no file {name}, which a QA case cites; pass the --corpus that holds it"
             )
         folders.setdefault(found[0].parent, set()).add(f"*{found[0].suffix}")
+    for folder in also:
+        folders.setdefault(folder, set()).update(_document_globs(folder))
     sources = [
         {
             "name": source_name(folder),
@@ -104,6 +114,19 @@ def plan_index(cases: CaseSet, corpus: Path, data_dir: Path, ports: tuple[int, i
         )
     _check_staleness_sources(cases, {str(s["name"]) for s in sources})
     return IndexPlan(data_dir, ports[0], ports[1], tuple(sources))
+
+
+def _document_globs(folder: Path) -> set[str]:
+    """One pattern per document type found in `folder` (licence files and the like left out)."""
+    readable = {*TEXT_FORMATS, *BINARY_FORMATS}
+    files = folder.iterdir() if folder.is_dir() else iter(())
+    suffixes = {path.suffix for path in files if path.suffix.lower() in readable}
+    if not suffixes:
+        raise ConfigError(
+            f"{folder}: not a folder of documents freshkb reads ({', '.join(sorted(readable))}); "
+            "pass --also-index a folder of policy documents"
+        )
+    return {f"*{suffix}" for suffix in suffixes}
 
 
 def _check_staleness_sources(cases: CaseSet, names: set[str]) -> None:

@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from freshkb.core.group_commit import GroupCommit
 from freshkb.core.sql import as_utc, sql_engine
 from freshkb.serving.audit import ActedFor, AnswerAudit
 from freshkb.serving.escalations import Escalation, EscalationStore
@@ -164,15 +165,19 @@ class AnswerLog:
     def __init__(self, url: str, retention_days: int = 90):
         self.engine = sql_engine(url, metadata)
         self.retention = timedelta(days=retention_days)
+        self._writes = GroupCommit(self._insert)  # concurrent answers share a transaction
 
     def close(self) -> None:
         """Release the connection pool."""
         self.engine.dispose()
 
     def record(self, entry: LoggedAnswer) -> None:
-        """Keep one answer."""
+        """Keep one answer (committed when this returns)."""
+        self._writes.submit(_to_row(entry))
+
+    def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
         with self.engine.begin() as connection:
-            connection.execute(sa.insert(answer_log_table).values(**_to_row(entry)))
+            connection.execute(sa.insert(answer_log_table), list(rows))
 
     def find(self, answer_id: str) -> LoggedAnswer | None:
         """One answer by id, if logged (and not yet pruned)."""

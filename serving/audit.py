@@ -3,11 +3,14 @@ beside escalations and feedback, joinable on the answer id)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
+from freshkb.core.group_commit import GroupCommit
 from freshkb.core.sql import as_utc, sql_engine
 
 metadata = sa.MetaData()
@@ -41,15 +44,19 @@ class AnswerAudit:
 
     def __init__(self, url: str):
         self.engine = sql_engine(url, metadata)
+        self._writes = GroupCommit(self._insert)  # concurrent answers share a transaction
 
     def close(self) -> None:
         """Release the connection pool."""
         self.engine.dispose()
 
     def record(self, entry: ActedFor) -> None:
-        """Keep one answer's credential and customer."""
+        """Keep one answer's credential and customer (committed when this returns)."""
+        self._writes.submit(dict(entry.__dict__))
+
+    def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
         with self.engine.begin() as connection:
-            connection.execute(sa.insert(answer_credentials).values(**entry.__dict__))
+            connection.execute(sa.insert(answer_credentials), list(rows))
 
     def find(self, answer_id: str) -> ActedFor | None:
         """The record of one answer, if any."""

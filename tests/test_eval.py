@@ -22,7 +22,15 @@ from scripted_llm import _Handler, scripted_answer
 from typer.testing import CliRunner
 
 from freshkb.cli.evaluation import evaluate
-from freshkb.evaluation.cases import CaseError, PageRef, half_of, load_cases, truth_pages
+from freshkb.core.errors import ConfigError
+from freshkb.evaluation.cases import (
+    CaseError,
+    CaseSet,
+    PageRef,
+    half_of,
+    load_cases,
+    truth_pages,
+)
 from freshkb.evaluation.metrics import (
     Outcome,
     carried_instruction,
@@ -37,6 +45,7 @@ from freshkb.evaluation.metrics import (
     ungrounded,
 )
 from freshkb.evaluation.slo import SloError, load_slo
+from freshkb.evaluation.throwaway import plan_index
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO / "tests" / "eval_cases"
@@ -177,6 +186,31 @@ def test_case_files_load_by_name_and_unknown_files_are_reported(tmp_path: Path) 
 
 
 @pytest.mark.timeout(10)
+def test_also_indexed_folders_become_sources_of_their_document_types(tmp_path: Path) -> None:
+    policies, manuals = tmp_path / "policies", tmp_path / "manuals"
+    for folder in (policies, manuals):
+        folder.mkdir()
+        (folder / "LICENSE").write_text("MIT")
+    (policies / "returns.md").write_text("# Returns\nThirty days.")
+    (policies / "plan.PDF").write_bytes(b"%PDF-1.4")
+    (policies / "LICENSE.tau-bench").write_text("MIT")
+    (manuals / "tent.json").write_text("{}")
+    plan = plan_index(CaseSet(), tmp_path, tmp_path / "data", (1, 2), (policies, manuals))
+    sources = {s["location"]: sorted(s["include"]) for s in plan.sources}
+    assert sources == {str(policies): ["*.PDF", "*.md"], str(manuals): ["*.json"]}
+    assert all(s["kind"] == "documents" for s in plan.sources)
+
+
+@pytest.mark.parametrize("name", ["licences-only", "missing"])
+def test_a_folder_without_documents_to_index_is_named(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / name
+    if name == "licences-only":
+        folder.mkdir()
+        (folder / "LICENSE").write_text("MIT")
+    with pytest.raises(ConfigError, match=f"{name}: not a folder of documents"):
+        plan_index(CaseSet(), tmp_path, tmp_path / "data", (1, 2), (folder,))
+
+
 def test_repository_slo_file_has_every_schema_target() -> None:
     slo = load_slo(SLO)
     assert slo.queries_per_day > 0

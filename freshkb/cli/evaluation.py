@@ -81,6 +81,14 @@ HALF_FIGURES = (
     "out_of_scope_declined",
     "false_refusal_rate",
 )
+AlsoIndexOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--also-index",
+        help="A folder of documents to index too (repeatable): a fuller knowledge base for the "
+        "out-of-scope and injection cases.",
+    ),
+]
 HttpPortOption = Annotated[
     int, typer.Option("--weaviate-http-port", help="The throw-away Weaviate's HTTP port.")
 ]
@@ -103,6 +111,7 @@ def evaluate(  # noqa: PLR0913
     report: ReportOption = None,
     index_dir: IndexDirOption = None,
     split: SplitOption = "all",
+    also_index: AlsoIndexOption = None,
     weaviate_http_port: HttpPortOption = 28180,
     weaviate_grpc_port: GrpcPortOption = 25151,
     config: ConfigOption = None,
@@ -111,6 +120,7 @@ def evaluate(  # noqa: PLR0913
     """Run the eval cases through the answer path; print each SLO target, measured, PASS/FAIL."""
     from freshkb.evaluation.harness import EvalOptions, run_evaluation
     from freshkb.evaluation.report import render_html
+    from freshkb.evaluation.slo import load_slo
 
     options = EvalOptions(
         cases_dir=cases,
@@ -125,9 +135,11 @@ def evaluate(  # noqa: PLR0913
         index_dir=index_dir,
         weaviate_ports=(weaviate_http_port, weaviate_grpc_port),
         split=split,
+        also_index=tuple(also_index or ()),
     )
     try:
         settings = settings_for(config)
+        load_slo(options.slo or settings.slo_path)  # a bad SLO file fails before any server starts
         if not live:  # the throw-away index is (re)built by ingest flows
             start_temporary_server()
         with explained_prefect_failures(), _progress_bar() as progress:
