@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from throwaway import WEAVIATE_GRPC_PORT, WEAVIATE_HTTP_PORT, use_throwaway_environment  # noqa: E402
 
 LAYERS = ("blocked", "declined", "quoted", "llm", "error")
+ANSWERED = ("quoted", "llm")
 # Indexed beside the benefits PDFs, which the copied benefits QA cases make the harness index.
 ALSO_INDEXED = ("outdoor-manuals", "service-policies", "bank-kb")
 
@@ -107,11 +108,25 @@ def tally(outcomes: list[Any]) -> dict[str, dict[str, Any]]:
         table[name] = {
             "cases": len(group),
             **{layer: layers[layer] / len(group) for layer in LAYERS},
-            "answered": (layers["quoted"] + layers["llm"]) / len(group),
+            "answered": sum(layers[layer] for layer in ANSWERED) / len(group),
             "llm_ungrounded": sum(1 for o in group if o.mode == "normal" and o.ungrounded),
             "top_decline_reasons": dict(declines.most_common(3)),
+            "answered_examples": [o.question[:160] for o in group if layer_of(o) in ANSWERED][:8],
         }
     return table
+
+
+def write_outcomes(path: Path, outcomes: list[Any]) -> None:
+    """One JSON line per outcome of the injection sets and the benefits QA cases (label
+    "answerable"): set, label, layer, best relevance, question."""
+    with path.open("w", encoding="utf-8") as out:
+        for o in outcomes:
+            if o.kind in ("injection", "qa"):
+                relevance = (o.answerability or {}).get("best_relevance")
+                label = o.label or "answerable"
+                row = {"set": o.case_id.rsplit(":", 1)[0], "label": label, "layer": layer_of(o)}
+                row |= {"best_relevance": relevance, "question": o.question}
+                out.write(json.dumps(row) + "\n")
 
 
 def main() -> int:
@@ -122,6 +137,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="cases per public set")
     parser.add_argument("--index-dir", type=Path, default=None)
     parser.add_argument("--ports", default=f"{WEAVIATE_HTTP_PORT},{WEAVIATE_GRPC_PORT}")
+    parser.add_argument("--outcomes", type=Path, help="also write each outcome here (JSONL)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     dev = args.shared / "eval" / "dev"
@@ -147,6 +163,8 @@ def main() -> int:
         )
         result = run_evaluation(options, settings)
     table = tally(result.outcomes)
+    if args.outcomes:
+        write_outcomes(args.outcomes, result.outcomes)
     report = {"llm": args.llm, "sets": table}
     if args.json:
         print(json.dumps(report, indent=2))
