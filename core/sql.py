@@ -83,6 +83,12 @@ def display_url(url: str) -> str:
         return "(an unparseable URL)"
 
 
+def row_error(exc: Exception) -> bool:
+    """True for an error one row's data can cause (a duplicate key, a value a column refuses),
+    as opposed to the database being down, locked or unreachable."""
+    return isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError)
+
+
 def upsert(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert rows; where the primary key exists, update the columns the rows carry.
 

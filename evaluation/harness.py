@@ -18,14 +18,7 @@ from typing import Any
 
 from freshkb.core.config import Settings
 from freshkb.evaluation.answer_pages import PageText, PdfPageTexts, judge_answer_pages
-from freshkb.evaluation.cases import (
-    CaseError,
-    CaseSet,
-    IndirectCase,
-    QaCase,
-    half_of,
-    load_cases,
-)
+from freshkb.evaluation.cases import CaseError, CaseSet, IndirectCase, QaCase, half_of, load_cases
 from freshkb.evaluation.metrics import (
     DECLINED,
     INJECTION_BLOCKED,
@@ -174,6 +167,8 @@ def _run_live(
         if count:
             notes.append(f"{count} {kind} case(s) not run with --live: they change the index")
     cases = replace(cases, staleness=(), indirect=())
+    if options.also_index:
+        notes.append("--also-index not used with --live: the configured index is what answers")
     server.ensure_running(settings)
     llm_off = options.llm == LLM_OFF
     with (
@@ -386,6 +381,7 @@ def _result(
             "k": options.k,
             "split": options.split,
             "index": "live" if options.live else "throw-away",
+            "also_indexed": [] if options.live else [str(p) for p in options.also_index],
             "slo_file": str(slo.path),
             "queries_per_day": slo.queries_per_day,
             "seconds": round(seconds, 1),

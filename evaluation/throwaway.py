@@ -3,8 +3,9 @@ the cases need in a throw-away data directory and a Weaviate on ports of its own
 index and ledger are never touched.
 
 The sources: each corpus folder holding a file a QA truth cites (all its files of the cited
-types), and, for indirect-injection cases, one source of e-mails each carrying a hidden
-instruction. A kept `index_dir` is reused across runs: unchanged files are not embedded again.
+types), each folder of `also_index` (`freshkb eval --also-index`: all its document files), and,
+for indirect-injection cases, one source of e-mails each carrying a hidden instruction. A kept
+`index_dir` is reused across runs: unchanged files are not embedded again.
 """
 
 from __future__ import annotations
@@ -89,9 +90,10 @@ def plan_index(
             raise ConfigError(
                 f"{corpus}: no file {name}, which a QA case cites; pass the --corpus that holds it"
             )
-        folders.setdefault(found[0].parent, set()).add(f"*{found[0].suffix}")
+        folders.setdefault(found[0].parent.resolve(), set()).add(f"*{found[0].suffix}")
     for folder in also:
-        folders.setdefault(folder, set()).update(_document_globs(folder))
+        folders.setdefault(folder.resolve(), set()).update(_document_globs(folder))
+    _check_distinct_names(folders)
     sources = [
         {
             "name": source_name(folder),
@@ -117,16 +119,35 @@ def plan_index(
 
 
 def _document_globs(folder: Path) -> set[str]:
-    """One pattern per document type found in `folder` (licence files and the like left out)."""
+    """One pattern per document type found in `folder` or below it (hidden files aside, as the
+    loader skips them), so files of other types (a LICENSE) are not ingested."""
     readable = {*TEXT_FORMATS, *BINARY_FORMATS}
-    files = folder.iterdir() if folder.is_dir() else iter(())
-    suffixes = {path.suffix for path in files if path.suffix.lower() in readable}
+    files = folder.rglob("*") if folder.is_dir() else iter(())
+    suffixes = {
+        path.suffix
+        for path in files
+        if path.suffix.lower() in readable
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    }
     if not suffixes:
         raise ConfigError(
             f"{folder}: not a folder of documents freshkb reads ({', '.join(sorted(readable))}); "
             "pass --also-index a folder of policy documents"
         )
     return {f"*{suffix}" for suffix in suffixes}
+
+
+def _check_distinct_names(folders: dict[Path, set[str]]) -> None:
+    """Each folder becomes a source named after it: two of one name would be one source, the
+    second ingest deleting the first one's documents as gone."""
+    named: dict[str, Path] = {}
+    for folder in sorted(folders):
+        other = named.setdefault(source_name(folder), folder)
+        if other != folder:
+            raise ConfigError(
+                f"{other} and {folder} would both be indexed as source {source_name(folder)!r}; "
+                "index one of them, or rename one folder"
+            )
 
 
 def _check_staleness_sources(cases: CaseSet, names: set[str]) -> None:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from freshkb.core.group_commit import GroupCommit
-from freshkb.core.sql import as_utc, sql_engine
+from freshkb.core.sql import as_utc, row_error, sql_engine
 from freshkb.serving.audit import ActedFor, AnswerAudit
 from freshkb.serving.escalations import Escalation, EscalationStore
 from freshkb.serving.results import AnswerResult
@@ -165,7 +165,8 @@ class AnswerLog:
     def __init__(self, url: str, retention_days: int = 90):
         self.engine = sql_engine(url, metadata)
         self.retention = timedelta(days=retention_days)
-        self._writes = GroupCommit(self._insert)  # concurrent answers share a transaction
+        # Concurrent answers' rows share transactions; a bad row fails alone.
+        self._writes = GroupCommit(self._insert, row_error)
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from freshkb.core.group_commit import GroupCommit
-from freshkb.core.sql import as_utc, sql_engine
+from freshkb.core.sql import as_utc, row_error, sql_engine
 
 metadata = sa.MetaData()
 
@@ -44,7 +44,8 @@ class AnswerAudit:
 
     def __init__(self, url: str):
         self.engine = sql_engine(url, metadata)
-        self._writes = GroupCommit(self._insert)  # concurrent answers share a transaction
+        # Concurrent answers' rows share transactions; a bad row fails alone.
+        self._writes = GroupCommit(self._insert, row_error)
 
     def close(self) -> None:
         """Release the connection pool."""

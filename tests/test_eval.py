@@ -189,18 +189,32 @@ def test_case_files_load_by_name_and_unknown_files_are_reported(tmp_path: Path) 
 def test_also_indexed_folders_become_sources_of_their_document_types(tmp_path: Path) -> None:
     policies, manuals = tmp_path / "policies", tmp_path / "manuals"
     for folder in (policies, manuals):
-        folder.mkdir()
+        (folder / "sub").mkdir(parents=True)
         (folder / "LICENSE").write_text("MIT")
     (policies / "returns.md").write_text("# Returns\nThirty days.")
     (policies / "plan.PDF").write_bytes(b"%PDF-1.4")
     (policies / "LICENSE.tau-bench").write_text("MIT")
-    (manuals / "tent.json").write_text("{}")
-    plan = plan_index(CaseSet(), tmp_path, tmp_path / "data", (1, 2), (policies, manuals))
+    (policies / ".drafts").mkdir()
+    (policies / ".drafts" / "draft.html").write_text("<p>hidden</p>")  # skipped, as the loader does
+    (manuals / "sub" / "tent.json").write_text("{}")  # only below the folder
+    also = (policies, manuals, tmp_path / "." / "manuals")  # the same folder twice
+    plan = plan_index(CaseSet(), tmp_path, tmp_path / "data", (1, 2), also)
     sources = {s["location"]: sorted(s["include"]) for s in plan.sources}
     assert sources == {str(policies): ["*.PDF", "*.md"], str(manuals): ["*.json"]}
     assert all(s["kind"] == "documents" for s in plan.sources)
 
 
+@pytest.mark.timeout(10)
+def test_two_folders_of_one_name_are_refused_before_one_deletes_the_other(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "manuals", tmp_path / "b" / "manuals"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+        (folder / "tent.md").write_text("# Tent")
+    with pytest.raises(ConfigError, match="both be indexed as source 'manuals'"):
+        plan_index(CaseSet(), tmp_path, tmp_path / "data", (1, 2), (first, second))
+
+
+@pytest.mark.timeout(10)
 @pytest.mark.parametrize("name", ["licences-only", "missing"])
 def test_a_folder_without_documents_to_index_is_named(tmp_path: Path, name: str) -> None:
     folder = tmp_path / name
@@ -211,6 +225,7 @@ def test_a_folder_without_documents_to_index_is_named(tmp_path: Path, name: str)
         plan_index(CaseSet(), tmp_path, tmp_path / "data", (1, 2), (folder,))
 
 
+@pytest.mark.timeout(10)
 def test_repository_slo_file_has_every_schema_target() -> None:
     slo = load_slo(SLO)
     assert slo.queries_per_day > 0
