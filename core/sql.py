@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from freshkb.core.group_commit import GroupCommit
+
 # Tries to create missing tables when other processes are creating them at the same moment.
 _CREATE_ATTEMPTS = 5
 # Seconds to wait for a PostgreSQL server to accept a connection (unless the URL says).
@@ -83,7 +85,18 @@ def display_url(url: str) -> str:
         return "(an unparseable URL)"
 
 
-def row_error(exc: Exception) -> bool:
+def grouped_inserts(engine: sa.Engine, table: sa.Table) -> GroupCommit[dict[str, Any]]:
+    """Inserts of rows into `table` from concurrent callers, sharing transactions
+    (core/group_commit.py); a row refused for its own data fails alone."""
+
+    def insert(rows: Sequence[dict[str, Any]]) -> None:
+        with engine.begin() as connection:
+            connection.execute(sa.insert(table), list(rows))
+
+    return GroupCommit(insert, _row_error)
+
+
+def _row_error(exc: Exception) -> bool:
     """True for an error one row's data can cause (a duplicate key, a value a column refuses),
     as opposed to the database being down, locked or unreachable."""
     return isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError)

@@ -24,6 +24,7 @@ from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, DataError
 from freshkb.core.report import RunReport
 from freshkb.evaluation.cases import CaseSet
+from freshkb.loaders.base import visible_files
 from freshkb.loaders.documents import BINARY_FORMATS, TEXT_FORMATS
 from freshkb.serving.runtime import Runtime, build_runtime
 
@@ -122,13 +123,8 @@ def _document_globs(folder: Path) -> set[str]:
     """One pattern per document type found in `folder` or below it (hidden files aside, as the
     loader skips them), so files of other types (a LICENSE) are not ingested."""
     readable = {*TEXT_FORMATS, *BINARY_FORMATS}
-    files = folder.rglob("*") if folder.is_dir() else iter(())
-    suffixes = {
-        path.suffix
-        for path in files
-        if path.suffix.lower() in readable
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    }
+    files = visible_files(folder) if folder.is_dir() else iter(())
+    suffixes = {path.suffix for path in files if path.suffix.lower() in readable}
     if not suffixes:
         raise ConfigError(
             f"{folder}: not a folder of documents freshkb reads ({', '.join(sorted(readable))}); "

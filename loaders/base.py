@@ -56,14 +56,17 @@ def list_files(source: FolderSourceConfig) -> Iterator[tuple[Path, str]]:
     if root.is_file():
         yield root, root.name
         return
-    for path in sorted(root.rglob("*")):
+    for path in visible_files(root):
         relative = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        if not path.is_file():
-            continue
         if any(_matches(relative, pattern) for pattern in source.include):
             yield path, relative
+
+
+def visible_files(root: Path) -> Iterator[Path]:
+    """Every file under the folder `root`, sorted, hidden files and folders skipped."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+            yield path
 
 
 def _matches(relative: str, pattern: str) -> bool:

@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +28,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from freshkb.core.group_commit import GroupCommit
-from freshkb.core.sql import as_utc, row_error, sql_engine
+from freshkb.core.sql import as_utc, grouped_inserts, sql_engine
 from freshkb.serving.audit import ActedFor, AnswerAudit
 from freshkb.serving.escalations import Escalation, EscalationStore
 from freshkb.serving.results import AnswerResult
@@ -165,8 +164,7 @@ class AnswerLog:
     def __init__(self, url: str, retention_days: int = 90):
         self.engine = sql_engine(url, metadata)
         self.retention = timedelta(days=retention_days)
-        # Concurrent answers' rows share transactions; a bad row fails alone.
-        self._writes = GroupCommit(self._insert, row_error)
+        self._writes = grouped_inserts(self.engine, answer_log_table)  # shared transactions
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -175,10 +173,6 @@ class AnswerLog:
     def record(self, entry: LoggedAnswer) -> None:
         """Keep one answer (committed when this returns)."""
         self._writes.submit(_to_row(entry))
-
-    def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(sa.insert(answer_log_table), list(rows))
 
     def find(self, answer_id: str) -> LoggedAnswer | None:
         """One answer by id, if logged (and not yet pruned)."""

@@ -3,15 +3,12 @@ beside escalations and feedback, joinable on the answer id)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 
-from freshkb.core.group_commit import GroupCommit
-from freshkb.core.sql import as_utc, row_error, sql_engine
+from freshkb.core.sql import as_utc, grouped_inserts, sql_engine
 
 metadata = sa.MetaData()
 
@@ -44,8 +41,7 @@ class AnswerAudit:
 
     def __init__(self, url: str):
         self.engine = sql_engine(url, metadata)
-        # Concurrent answers' rows share transactions; a bad row fails alone.
-        self._writes = GroupCommit(self._insert, row_error)
+        self._writes = grouped_inserts(self.engine, answer_credentials)  # shared transactions
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -54,10 +50,6 @@ class AnswerAudit:
     def record(self, entry: ActedFor) -> None:
         """Keep one answer's credential and customer (committed when this returns)."""
         self._writes.submit(dict(entry.__dict__))
-
-    def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(sa.insert(answer_credentials), list(rows))
 
     def find(self, answer_id: str) -> ActedFor | None:
         """The record of one answer, if any."""
