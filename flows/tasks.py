@@ -38,6 +38,7 @@ from freshkb.embeddings.embedder import Embedder, select_embedder
 from freshkb.loaders import loader_for
 from freshkb.screening import load_guard
 from freshkb.screening.verdict_cache import open_verdict_cache, screen_documents
+from freshkb.store.state import settled_count
 from freshkb.store.sync import plan_sync
 from freshkb.store.weaviate_store import WeaviateStore, WriteResult, open_store
 from freshkb.validation.gate import ValidationOutcome, validate_load
@@ -296,9 +297,16 @@ def delete_task(
 
 @task(name="verify", **TASK_OPTIONS)
 def verify_task(settings: Settings, source: SourceConfig, expected: int, target: str | None) -> int:
-    """Count the source's objects after the writes; a mismatch fails the run."""
+    """Count the source's objects after the writes; a mismatch fails the run. On a replicated
+    index the count may lag the writes for a moment: it is read again until it matches or
+    `weaviate_settle_seconds` pass."""
+    replicated = settings.weaviate_replication_factor > 1
     with index(settings, source.kind, target) as store:
-        found = store.count(source.kind, source.name)
+        found = settled_count(
+            lambda: store.count(source.kind, source.name),
+            expected,
+            within=settings.weaviate_settle_seconds if replicated else 0.0,
+        )
     if found != expected:
         raise DataError(
             f"post-write check: {expected} objects of source {source.name!r} expected in the "

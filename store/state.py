@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from weaviate.classes.query import Filter
@@ -73,6 +75,30 @@ def count(live: LiveCollections, kind: SourceKind, source: str | None = None) ->
     return sum(
         int(shard.aggregate.over_all(filters=flt).total_count or 0) for shard in live.shards(kind)
     )
+
+
+def settled_count(
+    read: Callable[[], int],
+    expected: int,
+    *,
+    within: float,
+    poll: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """The count once it equals `expected`, else the last one read when `within` seconds pass.
+
+    On a replicated index a filtered count is answered by the replica the request lands on,
+    whatever the read consistency level (weaviate/weaviate#10811 made only the unfiltered
+    count cluster-aware), and that replica may not have applied the last QUORUM write yet. A
+    single node's count is final: `within=0` reads once.
+    """
+    deadline = clock() + within
+    found = read()
+    while found != expected and clock() < deadline:
+        sleep(poll)
+        found = read()
+    return found
 
 
 def opt_str(value: object) -> str | None:

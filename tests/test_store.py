@@ -13,6 +13,7 @@ from freshkb.core.records import SourceKind
 from freshkb.store import server
 from freshkb.store.connection import Endpoint, endpoint
 from freshkb.store.description import VersionDescription, VersionState
+from freshkb.store.state import settled_count
 from freshkb.store.weaviate_store import WeaviateStore, open_store
 
 
@@ -153,3 +154,43 @@ def test_searches_go_through_the_alias_and_follow_a_switch_without_looking_it_up
         assert reader_lookups() == before
     finally:
         reader.close()
+
+
+class _Replica:
+    """The counts a replica answers, one per read (the last repeats), and a fake clock that
+    each sleep advances."""
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+        self.reads = 0
+        self.now = 0.0
+
+    def read(self) -> int:
+        self.reads += 1
+        return self.counts[min(self.reads, len(self.counts)) - 1]
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_post_write_count_waits_for_a_lagging_replica_then_matches() -> None:
+    replica = _Replica([162, 162, 172])
+    found = settled_count(
+        replica.read, 172, within=15, clock=lambda: replica.now, sleep=replica.sleep
+    )
+    assert found == 172 and replica.reads == 3
+
+
+def test_post_write_count_still_reports_a_mismatch_that_outlasts_the_wait() -> None:
+    replica = _Replica([162])
+    found = settled_count(
+        replica.read, 172, within=2, poll=0.5, clock=lambda: replica.now, sleep=replica.sleep
+    )
+    assert found == 162
+    assert replica.now == pytest.approx(2.0) and replica.reads == 5
+
+
+def test_post_write_count_on_one_node_is_read_once() -> None:
+    replica = _Replica([162, 172])
+    found = settled_count(replica.read, 172, within=0, clock=lambda: replica.now)
+    assert found == 162 and replica.reads == 1
