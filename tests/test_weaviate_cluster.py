@@ -157,6 +157,16 @@ def cli() -> typer.Typer:
     return app
 
 
+@pytest.fixture(autouse=True)
+def nodes_restored(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the cluster, passed or failed, every node it killed is started again
+    (server.up waits for each to be ready), so one test's failure half-way does not leave the
+    next one a cluster with a node down (a CI run once failed two tests for one that way)."""
+    yield
+    if "cluster" in request.fixturenames:
+        supervise(request.getfixturevalue("cluster"), delay=0.0)
+
+
 @pytest.fixture(scope="module")
 def manuals(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable copy of 8 outdoor manuals (Markdown) of the shared corpus: 4 batches of 2."""
