@@ -16,10 +16,13 @@ seconds against:
   SmolLM2-135M) on 34591; admitted answers' p95 is compared with slo.yaml's, and excess load
   must be turned away quickly with 429.
 Questions are read at run time from ../shared/eval/dev (benefits_qa, benefits_out_of_scope);
-past the first pass a pass number is appended, so no two requests send the same text and no
-cache answers a repeat. Prints the figures beside the goals of issue 13; `--quick` runs 5 s
-per phase. `--serve-from DIR` serves from another copy of the code (e.g. the previous commit,
-`git archive HEAD | tar -x -C DIR`) for a before/after comparison on the same index.
+past the first pass a pass number is appended, so no two requests of the whole run (warm-up and
+every phase) send the same text and no cache answers a repeat. Prints the figures beside the
+goals of issue 13, and per phase the CPU that the server, Weaviate and the clients each spend
+per request (from /proc), with the floor that sets on latency at N clients on this machine's
+cores; `--quick` runs 5 s per phase. `--serve-from DIR` serves from another copy of the code
+(e.g. the previous commit, `git archive HEAD | tar -x -C DIR`) for a before/after comparison on
+the same index.
 """
 
 from __future__ import annotations
@@ -125,8 +128,12 @@ async def one_client(
             await asyncio.sleep(0.25)  # impatient clients: keep the pressure on
 
 
-async def drive(url: str, phase: str, clients: int, seconds: float, questions: list[str]) -> Tally:
-    """`clients` concurrent clients on one phase for `seconds`."""
+async def drive(
+    url: str, phase: str, clients: int, seconds: float, questions: list[str], asked: Any
+) -> Tally:
+    """`clients` concurrent clients on one phase for `seconds`, numbering their questions from
+    `asked` (one counter for the whole run, so that no phase asks a text another phase asked:
+    the server keeps the vectors of recent questions, and a repeat would skip the embedding)."""
     import httpx
 
     tally = Tally(phase)
@@ -134,7 +141,6 @@ async def drive(url: str, phase: str, clients: int, seconds: float, questions: l
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120, limits=limits
     ) as client:
-        asked = count()
         started = time.monotonic()
         deadline = started + seconds
         await asyncio.gather(
@@ -232,13 +238,20 @@ def run_phases(args: argparse.Namespace, work: Path, questions: list[str]) -> di
 
     log = work / "serve.log"
     results: dict[str, Any] = {"rows": [], "ready_s": [], "healthy_s": []}
+    asked = count()
 
     def phase(served: Served, name: str, endpoint: str) -> None:
-        warm = asyncio.run(drive(served.url, endpoint, 2, 1.0, questions[::-1]))
+        warm = asyncio.run(drive(served.url, endpoint, 2, 1.0, questions, asked))
         del warm  # the first requests pay for lazy loading; not part of the figures
-        tally = asyncio.run(drive(served.url, endpoint, args.clients, args.seconds, questions))
+        processes = {"serve": served.process.pid, "weaviate": weaviate_pid(), "client": os.getpid()}
+        before = cpu_seconds(processes)
+        tally = asyncio.run(
+            drive(served.url, endpoint, args.clients, args.seconds, questions, asked)
+        )
         tally.name = name
-        results["rows"].append(tally.row())
+        row = tally.row()
+        row["cpu_ms_per_request"] = cpu_per_request(processes, before, row["requests"])
+        results["rows"].append(row)
 
     served = start_serve(args.api_port, UNREACHABLE_LLM, log, args.serve_from)
     results["ready_s"].append(round(served.ready_s, 2))
@@ -263,6 +276,43 @@ def run_phases(args: argparse.Namespace, work: Path, questions: list[str]) -> di
     finally:
         llm_server.down(llm)
     return results
+
+
+def weaviate_pid() -> int | None:
+    """The pid of the managed Weaviate the bench ingested into."""
+    from freshkb.core.config import Settings
+    from freshkb.store import server
+
+    return server.managed_process(Settings()).read_pid()
+
+
+def cpu_seconds(processes: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds (user + system, threads included) each process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
+def cpu_per_request(
+    processes: dict[str, int | None], before: dict[str, float], requests: int
+) -> dict[str, float]:
+    """CPU milliseconds per request of each process over a phase, and their sum: with C cores,
+    C / sum is the most requests per second the machine can serve, and N clients then wait at
+    least N x sum / C per request (Little's law), whatever the server does with its queue."""
+    after = cpu_seconds(processes)
+    spent = {
+        name: round((after[name] - before[name]) * 1000 / max(requests, 1), 2)
+        for name in before
+        if name in after
+    }
+    spent["total"] = round(sum(spent.values()), 2)
+    return spent
 
 
 def slo_p95_ms() -> float:
@@ -299,6 +349,17 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"{r['goal_p95_ms']:>10.0f}{r['429_p95_ms']:>9.0f}  {'yes' if r['pass'] else 'NO ':<4}"
             f"  {r['modes'] or ''}"
         )
+    cores = os.cpu_count() or 1
+    for r in results["rows"]:
+        cpu = r.get("cpu_ms_per_request") or {}
+        if cpu.get("total"):
+            parts = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items() if name != "total")
+            floor = args.clients * cpu["total"] / cores
+            print(
+                f"  {r['phase']}: CPU ms per request {cpu['total']:.1f} ({parts}); on {cores} "
+                f"cores at most {cores * 1000 / cpu['total']:.0f} req/s, so {args.clients} clients "
+                f"wait >= {floor:.0f} ms each"
+            )
     ready = max(results["ready_s"])
     print(
         f"{'ready (GET /readyz 200)':<22} {', '.join(f'{s:.1f}' for s in results['ready_s'])}"

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ MANUALS = ROOT.parent / "shared" / "corpus" / "policies" / "outdoor-manuals"
 HTTP, GRPC, PREFECT, DASK, API = 28180, 25151, 28250, 28350, 28188
 FIGURES = ("ingest", "workers", "query", "recovery")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+ASKED = count()  # one question counter for the run: no text is asked twice (query_bench.drive)
 
 
 def tagged_copies(target: Path, copies: int, sources: int = 1) -> list[Path]:
@@ -258,9 +260,9 @@ def query_and_recovery(work: Path, seconds: float, wanted: set[str]) -> dict[str
             ingest("sample", node_work)
             served = start_serve(API, UNREACHABLE_LLM, node_work / "serve.log")
             try:
-                asyncio.run(drive(served.url, "search", 2, 1.0, questions))  # warm-up
+                asyncio.run(drive(served.url, "search", 2, 1.0, questions, ASKED))  # warm-up
                 if "query" in wanted:
-                    tally = asyncio.run(drive(served.url, "search", 16, seconds, questions))
+                    tally = asyncio.run(drive(served.url, "search", 16, seconds, questions, ASKED))
                     results["query"].append({"nodes": nodes, **tally.row()})
                     print("SCALE-RESULT", json.dumps(results["query"][-1]), file=sys.stderr)
                 if nodes == 3 and "recovery" in wanted:
@@ -290,7 +292,7 @@ def node_loss(settings: Any, url: str, questions: list[str], seconds: float) -> 
 
     killer = threading.Timer(min(2.0, seconds / 4), kill)
     killer.start()
-    tally = asyncio.run(drive(url, "search", 16, seconds, questions))
+    tally = asyncio.run(drive(url, "search", 16, seconds, questions, ASKED))
     killer.join()
     started = time.perf_counter()
     try:
