@@ -404,7 +404,7 @@ def main() -> int:
         corpus = ingest(args.corpus, work)
         ingest_s = time.monotonic() - started
         results = run_phases(args, work, dev_questions())
-        results.update(corpus=corpus, ingest_s=round(ingest_s, 1))
+        results.update(corpus=corpus, ingest_s=round(ingest_s, 1), clients=args.clients)
     finally:
         server.down(settings)
         if args.work is None:

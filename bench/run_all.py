@@ -123,7 +123,8 @@ def stage_bench_rows(data: dict[str, Any]) -> list[Row]:
 
 
 def query_bench_rows(data: dict[str, Any]) -> list[Row]:
-    """p95 of each phase against its goal (no peer), and the time to ready."""
+    """p95 of each phase against its goal (no peer), with the CPU a request costs each process
+    and the latency floor that puts at the bench's clients on this machine; the time to ready."""
     rows = [
         row(
             f"p95 ms, {r['phase']}",
@@ -132,7 +133,7 @@ def query_bench_rows(data: dict[str, Any]) -> list[Row]:
             round(r["p95_ms"] / r["goal_p95_ms"], 3) if r.get("goal_p95_ms") else None,
             f"<= {r.get('goal_p95_ms')} ms",
             r.get("pass"),
-            f"{r.get('ok')} x 200, {r.get('429')} x 429",
+            f"{r.get('ok')} x 200, {r.get('429')} x 429{cpu_note(r, data.get('clients'))}",
         )
         for r in data.get("rows", [])
     ]
@@ -140,6 +141,19 @@ def query_bench_rows(data: dict[str, Any]) -> list[Row]:
         ready = max(data["ready_s"])
         rows.append(row("service ready s", ready, None, None, "<= 5 s", ready <= 5))
     return rows
+
+
+def cpu_note(phase: dict[str, Any], clients: int | None) -> str:
+    """ "; CPU ms per request: total (serve, weaviate, client), floor at N clients" or ""."""
+    cpu = phase.get("cpu_ms_per_request") or {}
+    if not cpu.get("total"):
+        return ""
+    parts = ", ".join(f"{name} {ms}" for name, ms in cpu.items() if name != "total")
+    note = f"; CPU ms per request {cpu['total']} ({parts})"
+    if clients:
+        floor = clients * cpu["total"] / (os.cpu_count() or 1)
+        note += f", so >= {floor:.0f} ms at {clients} clients on {os.cpu_count()} cores"
+    return note
 
 
 def rss_bench_rows(data: dict[str, Any]) -> list[Row]:
