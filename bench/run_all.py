@@ -133,7 +133,8 @@ def query_bench_rows(data: dict[str, Any]) -> list[Row]:
             round(r["p95_ms"] / r["goal_p95_ms"], 3) if r.get("goal_p95_ms") else None,
             f"<= {r.get('goal_p95_ms')} ms",
             r.get("pass"),
-            f"{r.get('ok')} x 200, {r.get('429')} x 429{cpu_note(r, data.get('clients'))}",
+            f"{r.get('ok')} x 200, {r.get('429')} x 429"
+            + cpu_note(r, data.get("clients"), data.get("cores")),
         )
         for r in data.get("rows", [])
     ]
@@ -143,16 +144,20 @@ def query_bench_rows(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def cpu_note(phase: dict[str, Any], clients: int | None) -> str:
-    """ "; CPU ms per request: total (serve, weaviate, client), floor at N clients" or ""."""
+def cpu_note(phase: dict[str, Any], clients: int | None, cores: int | None) -> str:
+    """The note on a phase's CPU per request (per process) and the mean latency floor that sets
+    at the bench's clients and cores; empty when the bench did not measure it."""
     cpu = phase.get("cpu_ms_per_request") or {}
     if not cpu.get("total"):
         return ""
     parts = ", ".join(f"{name} {ms}" for name, ms in cpu.items() if name != "total")
     note = f"; CPU ms per request {cpu['total']} ({parts})"
-    if clients:
-        floor = clients * cpu["total"] / (os.cpu_count() or 1)
-        note += f", so >= {floor:.0f} ms at {clients} clients on {os.cpu_count()} cores"
+    if clients and cores and phase.get("cpu_floor_holds"):
+        floor = clients * cpu["total"] / cores
+        note += (
+            f", so mean latency >= {floor:.0f} ms at {clients} clients on {cores} cores"
+            f" (measured mean {phase.get('mean_ms')} ms)"
+        )
     return note
 
 
@@ -374,6 +379,9 @@ def main() -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip() in BENCHES]
     if not names:
         parser.error(f"--only: name one or more of {', '.join(BENCHES)}")
+    corpus = ROOT.parent / "shared" / "corpus"
+    if not corpus.is_dir():  # every bench reads it: fail once, before any of them starts
+        parser.error(f"{corpus} not found: the benches read ../shared beside the repository")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     output = args.name or ("ratios-quick" if args.quick else "ratios")

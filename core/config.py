@@ -98,10 +98,11 @@ class Settings(BaseSettings):
     weaviate_write_consistency: Literal["ONE", "QUORUM", "ALL"] = "QUORUM"
     weaviate_read_consistency: Literal["ONE", "QUORUM", "ALL"] = "ONE"
     weaviate_settle_seconds: float = Field(
-        default=15.0,
+        default=35.0,
         ge=0,
         description="on a replicated index, how long the post-write check reads the count "
-        "again before a mismatch fails the run (a replica may apply a write a moment late)",
+        "again before a mismatch fails the run (a replica may apply a write late; async "
+        "replication compares copies every 30 s)",
     )
     ingest_task_runner: Literal["threads", "dask"] = Field(
         default="threads",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from weaviate.classes.query import Filter
 
 from freshkb.core.records import SourceKind, StoredDocument
 from freshkb.store.collections import LiveCollections
+
+log = logging.getLogger(__name__)
 
 _STATE_PROPERTIES = [
     "source",
@@ -93,11 +96,19 @@ def settled_count(
     count cluster-aware), and that replica may not have applied the last QUORUM write yet. A
     single node's count is final: `within=0` reads once.
     """
-    deadline = clock() + within
-    found = read()
-    while found != expected and clock() < deadline:
+    started = clock()
+    found = first = read()
+    while found != expected and clock() < started + within:
         sleep(poll)
         found = read()
+    if first != expected:
+        log.warning(
+            "post-write count read %d, expected %d: %s after %.1f s",
+            first,
+            expected,
+            "matched" if found == expected else f"still {found}",
+            clock() - started,
+        )
     return found
 
 

@@ -173,12 +173,15 @@ class _Replica:
         self.now += seconds
 
 
-def test_post_write_count_waits_for_a_lagging_replica_then_matches() -> None:
+def test_post_write_count_waits_for_a_lagging_replica_then_matches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     replica = _Replica([162, 162, 172])
     found = settled_count(
         replica.read, 172, within=15, clock=lambda: replica.now, sleep=replica.sleep
     )
     assert found == 172 and replica.reads == 3
+    assert "post-write count read 162, expected 172: matched after 1.0 s" in caplog.text
 
 
 def test_post_write_count_still_reports_a_mismatch_that_outlasts_the_wait() -> None:
@@ -194,3 +197,44 @@ def test_post_write_count_on_one_node_is_read_once() -> None:
     replica = _Replica([162, 172])
     found = settled_count(replica.read, 172, within=0, clock=lambda: replica.now)
     assert found == 162 and replica.reads == 1
+
+
+class _LaggingStore:
+    """A store whose count of a source lags: `counts` one per call, the last repeating."""
+
+    def __init__(self, counts: list[int]) -> None:
+        self.replica = _Replica(counts)
+
+    def count(self, kind: SourceKind, source: str | None = None) -> int:
+        return self.replica.read()
+
+
+@pytest.mark.parametrize(
+    ("setup", "settles"),
+    [
+        ({}, False),  # one managed node: the first count is final
+        ({"weaviate_nodes": 3}, True),
+        ({"weaviate_replication_factor": 3}, True),
+        ({"weaviate_url": "http://weaviate.internal:8080"}, True),  # a server of the user's own
+    ],
+)
+def test_verify_task_waits_for_a_lagging_count_only_where_copies_can_lag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, setup: dict[str, Any], settles: bool
+) -> None:
+    from contextlib import contextmanager
+
+    from freshkb.core.errors import DataError
+    from freshkb.core.sources import parse_source
+    from freshkb.flows import tasks
+
+    store = _LaggingStore([162, 172])
+    monkeypatch.setattr(tasks, "index", contextmanager(lambda *args: iter([store])))
+    settings = Settings(data_dir=tmp_path, weaviate_settle_seconds=5, **setup)
+    source = parse_source({"name": "manuals", "kind": "documents", "location": str(tmp_path)})
+    if settles:
+        assert tasks.verify_task.fn(settings, source, 172, None) == 172
+        assert store.replica.reads == 2
+    else:
+        with pytest.raises(DataError, match="172 objects of source 'manuals' expected"):
+            tasks.verify_task.fn(settings, source, 172, None)
+        assert store.replica.reads == 1

@@ -228,11 +228,13 @@ def supervise(settings: Settings, delay: float = 2.0, attempts: int = 5) -> None
     Restart=always would (the test ports lie in Linux's ephemeral range, so a client socket
     can hold a dead node's port for a moment)."""
     time.sleep(delay)
-    for _ in range(attempts):
+    for attempt in range(attempts):
         try:
             server.up(settings, NODES)
             return
         except TransientError:
+            if attempt == attempts - 1:
+                raise  # a node that will not come back fails loudly, not the next test
             time.sleep(2.0)
 
 
@@ -279,7 +281,7 @@ class KillAfterFirstWrite(threading.Thread):
                     total = client.collections.get(POLICY_ALIAS).aggregate.over_all().total_count
                 except Exception:  # no alias before the first batch creates it
                     total = 0
-                if total:
+                if total and not self.done.is_set():  # the test may have ended meanwhile
                     kill(self.victim)
                     self.objects_at_kill = int(total)
                     return
