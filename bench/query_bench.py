@@ -327,6 +327,26 @@ def cpu_per_request(
     return spent
 
 
+def cpu_summary(row: dict[str, Any], clients: int | None, cores: int | None) -> str:
+    """A phase's CPU per request served, per process, the most requests per second that allows
+    on `cores`, and (where every request was served) the floor it puts on the mean latency at
+    `clients`; empty when the phase has no CPU figures."""
+    cpu = row.get("cpu_ms_per_request") or {}
+    if not cpu.get("total") or not cores:
+        return ""
+    parts = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items() if name != "total")
+    text = (
+        f"CPU ms per request {cpu['total']:.1f} ({parts}); at most "
+        f"{cores * 1000 / cpu['total']:.0f} req/s on {cores} cores"
+    )
+    if clients and row.get("cpu_floor_holds"):
+        text += (
+            f", so mean latency >= {clients * cpu['total'] / cores:.0f} ms at {clients} clients "
+            f"(measured mean {row['mean_ms']:.0f} ms)"
+        )
+    return text
+
+
 def slo_p95_ms() -> float:
     """The answer latency p95 ceiling written in slo.yaml."""
     import yaml
@@ -361,22 +381,9 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"{r['goal_p95_ms']:>10.0f}{r['429_p95_ms']:>9.0f}  {'yes' if r['pass'] else 'NO ':<4}"
             f"  {r['modes'] or ''}"
         )
-    cores = os.cpu_count() or 1
     for r in results["rows"]:
-        cpu = r.get("cpu_ms_per_request") or {}
-        if cpu.get("total"):
-            parts = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items() if name != "total")
-            floor = args.clients * cpu["total"] / cores
-            line = (
-                f"  {r['phase']}: CPU ms per request {cpu['total']:.1f} ({parts}); on {cores} "
-                f"cores at most {cores * 1000 / cpu['total']:.0f} req/s"
-            )
-            if r.get("cpu_floor_holds"):
-                line += (
-                    f", so {args.clients} clients wait >= {floor:.0f} ms on average (measured "
-                    f"mean {r['mean_ms']:.0f} ms)"
-                )
-            print(line)
+        if summary := cpu_summary(r, args.clients, results.get("cores")):
+            print(f"  {r['phase']}: {summary}")
     ready = max(results["ready_s"])
     print(
         f"{'ready (GET /readyz 200)':<22} {', '.join(f'{s:.1f}' for s in results['ready_s'])}"

@@ -145,20 +145,11 @@ def query_bench_rows(data: dict[str, Any]) -> list[Row]:
 
 
 def cpu_note(phase: dict[str, Any], clients: int | None, cores: int | None) -> str:
-    """The note on a phase's CPU per request (per process) and the mean latency floor that sets
-    at the bench's clients and cores; empty when the bench did not measure it."""
-    cpu = phase.get("cpu_ms_per_request") or {}
-    if not cpu.get("total"):
-        return ""
-    parts = ", ".join(f"{name} {ms}" for name, ms in cpu.items() if name != "total")
-    note = f"; CPU ms per request {cpu['total']} ({parts})"
-    if clients and cores and phase.get("cpu_floor_holds"):
-        floor = clients * cpu["total"] / cores
-        note += (
-            f", so mean latency >= {floor:.0f} ms at {clients} clients on {cores} cores"
-            f" (measured mean {phase.get('mean_ms')} ms)"
-        )
-    return note
+    """ "; " and query_bench's summary of the phase's CPU per request, or nothing."""
+    from query_bench import cpu_summary  # bench/ is the script's folder
+
+    summary = cpu_summary(phase, clients, cores)
+    return f"; {summary}" if summary else ""
 
 
 def rss_bench_rows(data: dict[str, Any]) -> list[Row]:

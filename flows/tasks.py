@@ -297,10 +297,10 @@ def delete_task(
 
 @task(name="verify", **TASK_OPTIONS)
 def verify_task(settings: Settings, source: SourceConfig, expected: int, target: str | None) -> int:
-    """Count the source's objects after the writes; a mismatch fails the run. On an index that
-    may be replicated (more than one node, or a Weaviate of the user's own) the count may lag
-    the writes for a moment: it is read again until it matches or `weaviate_settle_seconds`
-    pass. (Not the replication setting alone: a collection keeps the copies it was made with.)"""
+    """Count the source's objects after the writes; a mismatch fails the run. Where copies can
+    lag the writes for a moment (more than one node, a replication factor above 1, or a Weaviate
+    of the user's own: a collection keeps the copies it was made with, whatever the setting says
+    now), the count is read again until it matches or `weaviate_settle_seconds` pass."""
     replicated = (
         settings.weaviate_replication_factor > 1
         or settings.weaviate_nodes > 1
