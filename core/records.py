@@ -116,6 +116,15 @@ class StoredDocument:
 
 
 @dataclass(frozen=True)
+class ExpectedDocument:
+    """A document the index must hold after a run: chunks at positions 0..chunk_count-1."""
+
+    document_id: str
+    chunk_count: int
+    customer_id: str | None = None
+
+
+@dataclass(frozen=True)
 class SyncPlan:
     """Documents sorted by what happens to them."""
 

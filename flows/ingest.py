@@ -43,7 +43,7 @@ from freshkb.flows.tasks import (
     delete_task,
     embed_task,
     embedding_model,
-    expected_objects,
+    expected_documents,
     index_state_task,
     load_task,
     plan_task,
@@ -171,7 +171,7 @@ def run_stages(run: IngestRun, report: RunReport) -> None:
         _gate(run, plan, loaded, report)
     rewritten = _write(run, model, plan, report, runner)
     with timed(timings, "verify"):
-        expected = expected_objects(plan, rewritten)
+        expected = expected_documents(plan, rewritten)
         report.objects_live = run_task(verify_task, run.settings, run.source, expected, run.target)
 
 

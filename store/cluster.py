@@ -149,6 +149,19 @@ class Replication:
             read=ConsistencyLevel(settings.weaviate_read_consistency),
         )
 
+    @property
+    def confirming(self) -> ConsistencyLevel:
+        """The read level that meets every write at the write level (r + w > factor): a
+        write held by a quorum is seen by any quorum, one held by one copy only by all."""
+        return _CONFIRMING[self.write]
+
+
+_CONFIRMING = {
+    ConsistencyLevel.ONE: ConsistencyLevel.ALL,
+    ConsistencyLevel.QUORUM: ConsistencyLevel.QUORUM,
+    ConsistencyLevel.ALL: ConsistencyLevel.ONE,
+}
+
 
 SINGLE_COPY = Replication()  # one node, or a server whose collections keep a single copy
 

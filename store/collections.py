@@ -85,6 +85,10 @@ class LiveCollections:
         """The collection of `kind` to write, at the write consistency level."""
         return self._scoped(kind, customer_id, self.replication.write)
 
+    def confirming(self, kind: SourceKind, customer_id: str | None = None) -> Collection:
+        """The collection of `kind` at the read level that sees every acknowledged write."""
+        return self._scoped(kind, customer_id, self.replication.confirming)
+
     def _scoped(
         self, kind: SourceKind, customer_id: str | None, level: ConsistencyLevel
     ) -> Collection:

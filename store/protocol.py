@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from freshkb.core.records import EmbeddedChunk, SourceKind, StoredDocument
+from freshkb.core.records import EmbeddedChunk, ExpectedDocument, SourceKind, StoredDocument
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ class IndexWriter(Protocol):
 
     def count(self, kind: SourceKind, source: str | None = None) -> int:
         """Objects of a kind (optionally of one source) in the collection in use."""
+        ...
+
+    def missing(self, kind: SourceKind, expected: Sequence[ExpectedDocument]) -> list[str]:
+        """UUIDs of the expected chunks absent from the copies that acknowledge writes."""
         ...
 
     def close(self) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from weaviate.classes.query import Filter
 
-from freshkb.core.records import SourceKind, StoredDocument
+from freshkb.core import ids
+from freshkb.core.records import ExpectedDocument, SourceKind, StoredDocument
 from freshkb.store.collections import LiveCollections
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,25 @@ def settled_count(
             clock() - started,
         )
     return found
+
+
+def missing(
+    live: LiveCollections, kind: SourceKind, expected: Sequence[ExpectedDocument]
+) -> list[str]:
+    """UUIDs of the expected chunks that no copy answering at the confirming level holds.
+
+    Each object is read by id, the one read Weaviate answers from several copies at a
+    level: at QUORUM a chunk a QUORUM write stored is found even where the copy that answers
+    filtered counts has not applied it yet (the coordinator repairs such a copy as it reads).
+    """
+    absent: list[str] = []
+    for doc in expected:
+        handle = live.confirming(kind, doc.customer_id)
+        for position in range(doc.chunk_count):
+            uuid = ids.chunk_uuid(doc.document_id, position)
+            if not handle.data.exists(uuid):
+                absent.append(uuid)
+    return absent
 
 
 def opt_str(value: object) -> str | None:

@@ -29,7 +29,7 @@ from weaviate.exceptions import WeaviateBaseError
 
 from freshkb.core.config import Settings
 from freshkb.core.errors import FreshkbError, TransientError
-from freshkb.core.records import EmbeddedChunk, SourceKind, StoredDocument
+from freshkb.core.records import EmbeddedChunk, ExpectedDocument, SourceKind, StoredDocument
 from freshkb.store import search as _search
 from freshkb.store import state as _state
 from freshkb.store import writes as _writes
@@ -246,6 +246,10 @@ class WeaviateStore:
     def count(self, kind: SourceKind, source: str | None = None) -> int:
         """Objects of a kind (optionally of one source) in the live collection."""
         return self._resilient(lambda: _state.count(self._live, kind, source))
+
+    def missing(self, kind: SourceKind, expected: Sequence[ExpectedDocument]) -> list[str]:
+        """UUIDs of expected chunks absent at the level that sees every acknowledged write."""
+        return self._resilient(lambda: _state.missing(self._live, kind, expected))
 
     # -- writes ---------------------------------------------------------------------------
 

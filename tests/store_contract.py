@@ -19,7 +19,7 @@ import pytest
 
 from freshkb.core import ids
 from freshkb.core.errors import ConfigError
-from freshkb.core.records import Chunk, EmbeddedChunk, SourceKind
+from freshkb.core.records import Chunk, EmbeddedChunk, ExpectedDocument, SourceKind
 from freshkb.store.protocol import IndexReader, IndexVersions, IndexWriter, WriteResult
 
 DIM = 4
@@ -145,6 +145,25 @@ class StateContract(ContractBase):
         assert set(index.stored_documents("src", SourceKind.DOCUMENTS)) == {
             mine[0].chunk.document_id
         }
+
+    def test_missing_names_each_expected_chunk_the_index_lacks(self, index: Any) -> None:
+        index.ensure_schema(SourceKind.DOCUMENTS, MODEL, DIM)
+        index.ensure_schema(SourceKind.CUSTOMERS, MODEL, DIM)
+        items = embedded("a.md", ["one", "two", "three"])
+        write(index, [items[0], items[2]])
+        ann = embedded("a.csv:1", ["ann's order"], SourceKind.CUSTOMERS, "ann")
+        write(index, ann)
+        doc_id = items[0].chunk.document_id
+        assert index.missing(SourceKind.DOCUMENTS, [ExpectedDocument(doc_id, 4)]) == [
+            items[1].chunk.uuid,
+            ids.chunk_uuid(doc_id, 3),
+        ]
+        ann_doc = ann[0].chunk.document_id
+        assert index.missing(SourceKind.CUSTOMERS, [ExpectedDocument(ann_doc, 1, "ann")]) == []
+        # another customer's tenant does not hold ann's record
+        bob_view = [ExpectedDocument(ann_doc, 1, "bob")]
+        write(index, embedded("a.csv:2", ["bob's order"], SourceKind.CUSTOMERS, "bob"))
+        assert index.missing(SourceKind.CUSTOMERS, bob_view) == [ann[0].chunk.uuid]
 
 
 class DeleteContract(ContractBase):

@@ -8,8 +8,14 @@ import pytest
 
 from freshkb.core import ids
 from freshkb.core.config import Settings
-from freshkb.core.records import LoadedDocument, Section, SourceKind, StoredDocument
-from freshkb.flows.tasks import expected_objects, write_batches
+from freshkb.core.records import (
+    ExpectedDocument,
+    LoadedDocument,
+    Section,
+    SourceKind,
+    StoredDocument,
+)
+from freshkb.flows.tasks import expected_documents, write_batches
 from freshkb.store.sync import plan_sync
 
 
@@ -60,7 +66,13 @@ def test_write_batches_cover_new_and_changed_documents_in_order_with_their_previ
     # rewritten documents count with their new chunks, the unchanged one with its stored 3
     # chunks, the deleted one not at all
     rewritten = {d.document_id: 1 for d in plan.to_write}
-    assert expected_objects(plan, rewritten) == 5 + 3
+    expected = expected_documents(plan, rewritten)
+    assert sorted(expected, key=lambda doc: doc.document_id) == sorted(
+        [ExpectedDocument(d.document_id, 1) for d in plan.to_write]
+        + [ExpectedDocument(same.document_id, 3)],
+        key=lambda doc: doc.document_id,
+    )
+    assert sum(doc.chunk_count for doc in expected) == 5 + 3
 
 
 @pytest.mark.timeout(10)

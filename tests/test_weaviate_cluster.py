@@ -31,7 +31,7 @@ from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateConnectionErr
 from freshkb.cli.servers import WEAVIATE, server_commands
 from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, TransientError
-from freshkb.core.records import SourceKind
+from freshkb.core.records import ExpectedDocument, SourceKind
 from freshkb.store import server
 from freshkb.store.cluster import (
     Replication,
@@ -374,6 +374,11 @@ def test_client_node_killed_between_runs_answers_and_ingests_keep_coming(
         assert report.status == "completed", report.error
         assert report.documents_new == 1 and report.objects_written > 0
         expected = before + report.objects_written
+        # Read back by id at QUORUM, with one node of three still down: every chunk is there.
+        stored = store.stored_documents("manuals", SourceKind.DOCUMENTS).values()
+        chunks = [ExpectedDocument(doc.document_id, doc.chunk_count) for doc in stored]
+        assert sum(doc.chunk_count for doc in chunks) == expected
+        assert store.missing(SourceKind.DOCUMENTS, chunks) == []
         assert store.search("How do I set up the tent?", vector, k=3)
 
         with pytest.raises(ConfigError, match="FRESHKB_WEAVIATE_REPLICATION_FACTOR"):
