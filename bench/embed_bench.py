@@ -138,7 +138,8 @@ def main() -> int:
     os.environ["FRESHKB_CACHE_DIR"] = str(cache_dir)
     embedded, screened = load_chunks(args.shared, args.corpus, args.limit)
     embed = embed_rows(embedded, cache_dir)
-    chosen = next(r for r in embed if r["embedder"] == "freshkb onnx")
+    # the embed stage of a first ingest on a CPU: a new index is made of int8 vectors
+    chosen = next(r for r in embed if r["embedder"] == "freshkb onnx-int8")
     screen = screen_rows(screened, cache_dir, float(chosen["seconds"]))  # type: ignore[arg-type]
     result = {
         "chunks": len(embedded),

@@ -1,6 +1,7 @@
 """Prompt-injection evaluation: rules only, detector only and combined, side by side.
 
-    .venv/bin/python bench/safety_eval.py [--shared DIR] [--no-corpus] [--public] [--json]
+    .venv/bin/python bench/safety_eval.py [--shared DIR] [--no-corpus] [--public]
+        [--backend onnx-int8|onnx] [--json]
 
 Reads the development cases in ../shared/eval/dev beside the repo:
 - direct_injection.jsonl: block rate on label=injection, false-positive rate on label=benign;
@@ -199,15 +200,19 @@ def public_figures(guard: object, cache: Path) -> dict[str, object]:
 
 
 def evaluate(
-    shared: Path, with_corpus: bool, public_cache: Path | None = None
+    shared: Path, with_corpus: bool, public_cache: Path | None = None, backend: str = "onnx-int8"
 ) -> dict[str, object]:
-    """Run every measurement and return the figures."""
+    """Run every measurement and return the figures, the detector on `backend`."""
     from freshkb.core.config import Settings
+    from freshkb.embeddings.embedder import select_embedder
     from freshkb.screening import load_guard
+    from freshkb.screening.guard import DETECTOR_MODEL
 
     folder = dev_dir(shared)
     started = time.perf_counter()
-    guard = load_guard(cache_dir=Settings().cache_dir)
+    cache_dir = Settings().cache_dir
+    embedder = select_embedder(DETECTOR_MODEL, "cpu", 64, backend, cache_dir)  # type: ignore[arg-type]
+    guard = load_guard(embedder, cache_dir=cache_dir, use_shipped=True)
     load_seconds = time.perf_counter() - started
 
     rows = read_jsonl(folder / "direct_injection.jsonl")
@@ -279,6 +284,7 @@ def evaluate(
             "missed": [a for (_, a), v in zip(attacks, attacked, strict=True) if not v.flagged],
             "clean_flagged": [r for v in clean for r in v.reasons],
         },
+        "backend": embedder.model_id,
         "seconds": {
             "load_and_fit": round(load_seconds, 2),
             "direct": round(direct_seconds, 2),
@@ -389,13 +395,19 @@ def main() -> int:
     parser.add_argument(
         "--public", action="store_true", help="also the public test splits (training cache)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("onnx", "onnx-int8"),
+        default="onnx-int8",
+        help="the detector model's precision: int8 as the screen runs (default), or fp32",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args()
     dev_dir(args.shared)
     from freshkb.core.config import Settings
 
     cache = Settings().cache_dir / "training" if args.public else None
-    result = evaluate(args.shared, with_corpus=not args.no_corpus, public_cache=cache)
+    result = evaluate(args.shared, not args.no_corpus, cache, args.backend)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -200,8 +200,8 @@ class Settings(BaseSettings):
     # embedding speed (issue 13): embeddings/embedder.py select_embedder
     embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
         default="auto",
-        description="auto: ONNX Runtime on a CPU (exported once into the cache dir), torch on "
-        "a GPU; onnx-int8 is faster, with vectors of another model id (the index is rebuilt)",
+        description="auto: as the index's vectors were made; a new index in int8 on a CPU "
+        "(ONNX Runtime, exported once into the cache dir), fp32 on a GPU; others force one",
     )
     # ingest streaming (issue 13): flows/ingest.py writes a source in batches of documents, and
     # the documents loader partitions PDFs and DOCX files in a pool of processes

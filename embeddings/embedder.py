@@ -6,7 +6,9 @@ sentence-transformers' normal loading (the Hugging Face cache or hub).
 
 `select_embedder` picks the backend: torch (sentence-transformers), or on a CPU ONNX Runtime
 running the model exported locally (embeddings/onnx_backend.py), which is faster on the same
-cores with the same vectors (cosine >= 0.9999 to torch's).
+cores with the same vectors (cosine >= 0.9999 to torch's), or faster still in int8 (vectors of
+their own model id). `backend_for_index` decides what 'auto' means: what the index was made of,
+and int8 on a CPU for a new index.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from freshkb.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from freshkb.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +189,56 @@ def get_embedder(
 ) -> SentenceTransformerEmbedder:
     """The process-wide embedder for a model: loading a model once is the only state kept."""
     return SentenceTransformerEmbedder(model, device=device, batch_size=batch_size)
+
+
+def backend_for_index(
+    backend: Backend,
+    model: str,
+    device: str,
+    cache_dir: Path | None,
+    index_model_id: str | None,
+) -> Backend:
+    """What `backend` means for an index whose vectors are of `index_model_id` (None: no index
+    yet). Only 'auto' is decided here; any other backend is used as configured.
+
+    'auto' follows the index: its int8 vectors are embedded again in int8 (on the CPU, even on
+    a GPU machine), its fp32 ones in fp32, so an ingest worker and an answer service embed alike
+    whatever their hardware, and an index built before int8 was the default keeps working. A new
+    index (none yet, a rebuild, another model) is made of int8 vectors where a CPU embeds and the
+    model exports to ONNX: 1.9-2.4x the speed of fp32 on the same cores, with the same hit@5 on
+    the development cases (README, "Speed"); a GPU makes fp32 ones.
+    """
+    if backend != "auto":
+        return backend
+    from freshkb.embeddings.onnx_backend import INT8_SUFFIX, exportable
+
+    load_from, model_id = resolve_model(model)
+    if index_model_id is not None and index_model_id.removesuffix(INT8_SUFFIX) == model_id:
+        return "onnx-int8" if index_model_id.endswith(INT8_SUFFIX) else "auto"
+    if cache_dir is not None and resolve_device(device) == "cpu" and exportable(load_from):
+        return "onnx-int8"
+    return "auto"
+
+
+def settings_for_index(settings: Settings, index_model_id: str | None) -> Settings:
+    """`settings` with the embedding backend `backend_for_index` decides for that index."""
+    backend = backend_for_index(
+        settings.embedding_backend,
+        settings.embedding_model,
+        settings.embedding_device,
+        settings.cache_dir,
+        index_model_id,
+    )
+    if backend == settings.embedding_backend:
+        return settings
+    return settings.model_copy(update={"embedding_backend": backend})
+
+
+def base_model_id(model_id: str) -> str:
+    """The model an id's vectors come from, whichever precision made them."""
+    from freshkb.embeddings.onnx_backend import INT8_SUFFIX
+
+    return model_id.removesuffix(INT8_SUFFIX)
 
 
 @lru_cache(maxsize=4)

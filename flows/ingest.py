@@ -14,7 +14,7 @@ flows/tasks.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from freshkb.flows.tasks import (
     embedding_model,
     expected_documents,
     index_state_task,
+    indexed_settings,
     load_task,
     plan_task,
     run_inline,
@@ -156,6 +157,7 @@ def run_stages(run: IngestRun, report: RunReport) -> None:
     timings = report.stage_seconds
     runner = batch_runner(run.settings)  # a wrong task runner setting fails before any work
     with timed(timings, "model"):
+        run = replace(run, settings=indexed_settings(run.settings, run.source.kind, run.target))
         model = embedding_model(run.settings)
     with timed(timings, "load"):
         stored = run_task(

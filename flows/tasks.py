@@ -36,7 +36,7 @@ from freshkb.core.sources import AnySource, SourceConfig
 from freshkb.embeddings.cache import open_vector_cache
 from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
 from freshkb.embeddings.embed import EmbedStats, embed_chunks
-from freshkb.embeddings.embedder import Embedder, select_embedder
+from freshkb.embeddings.embedder import Embedder, select_embedder, settings_for_index
 from freshkb.loaders import loader_for
 from freshkb.screening import load_guard
 from freshkb.screening.verdict_cache import open_verdict_cache, screen_documents
@@ -140,6 +140,21 @@ def index(
         if target is not None and kind is not None:
             store.use_collection(kind, target)
         yield store
+
+
+@task(name="index-model", **TASK_OPTIONS)
+def index_model_task(settings: Settings, kind: SourceKind, target: str | None) -> str | None:
+    """The model id of the vectors in the collection a run writes (a rebuild's target, else
+    the live one); None before the first ingest of `kind`."""
+    with index(settings, kind, target) as store:
+        name = store.live_collection(kind)
+        return store.collection_model(name)[0] if name else None
+
+
+def indexed_settings(settings: Settings, kind: SourceKind, target: str | None) -> Settings:
+    """`settings` embedding as the collection a run writes was made: 'auto' follows the index,
+    a new one is int8 on a CPU (embeddings/embedder.py backend_for_index)."""
+    return settings_for_index(settings, run_task(index_model_task, settings, kind, target))
 
 
 @task(name="index-state", **TASK_OPTIONS)

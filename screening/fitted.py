@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from freshkb.core.errors import ConfigError
-from freshkb.embeddings.embedder import Embedder
+from freshkb.embeddings.embedder import Embedder, base_model_id
 from freshkb.screening.detector import (
     DETECTOR_VERSION,
     DOCUMENT_THRESHOLD,
@@ -64,9 +64,14 @@ def key_of(*parts: object) -> str:
 
 
 def fit_key(model_id: str) -> str:
-    """sha256 of everything the document detector's parameters depend on."""
+    """sha256 of everything the document detector's parameters depend on.
+
+    The model counts without its precision (embeddings/embedder.py base_model_id): the same
+    parameters judge MiniLM's int8 vectors as well as its fp32 ones (measured with
+    `bench/safety_eval.py --backend onnx-int8`), so verdicts and parameters are shared.
+    """
     parts = (exemplars_digest(), DETECTOR_VERSION, L2_PENALTY, NEIGHBOURS, DOCUMENT_THRESHOLD)
-    return key_of(*parts, model_id)
+    return key_of(*parts, base_model_id(model_id))
 
 
 def question_key(model_id: str) -> str:
@@ -76,7 +81,8 @@ def question_key(model_id: str) -> str:
     spec = files("freshkb.screening").joinpath(TRAINING_SPEC_FILE).read_bytes()
     digest = hashlib.sha256(spec)
     neighbours = exemplars_digest(QUESTION_SETS)
-    digest.update(f"\n{neighbours}\n{QUESTION_DETECTOR_VERSION}\n{model_id}\n".encode())
+    model = base_model_id(model_id)  # either precision, as fit_key
+    digest.update(f"\n{neighbours}\n{QUESTION_DETECTOR_VERSION}\n{model}\n".encode())
     return digest.hexdigest()
 
 

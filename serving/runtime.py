@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from weaviate.exceptions import WeaviateBaseError
 
 from freshkb.core.config import Settings
-from freshkb.embeddings.embedder import BUNDLED_MODEL_ID, Embedder, select_embedder
+from freshkb.core.errors import FreshkbError
+from freshkb.core.records import SourceKind
+from freshkb.embeddings.embedder import (
+    BUNDLED_MODEL_ID,
+    Embedder,
+    base_model_id,
+    select_embedder,
+    settings_for_index,
+)
 from freshkb.screening import load_guard
 from freshkb.screening.guard import detector_embedder
 from freshkb.screening.verdict_cache import open_verdict_cache
@@ -20,6 +30,8 @@ from freshkb.serving.query_batching import BatchedEmbedder
 from freshkb.serving.service import AnswerService
 from freshkb.store.ledger import Ledger
 from freshkb.store.weaviate_store import WeaviateStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +76,11 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
     """The answer service wired to the configured Weaviate, model, database and LLM, logging
     every answer in the operational database; `step` hears each part as it is built."""
     step = step or (lambda name: None)
+    step("connecting to Weaviate and the databases")
+    store = WeaviateStore.connected(settings)
+    # Questions are embedded as the index's vectors were made (int8 or fp32), whatever the
+    # machine: embeddings/embedder.py backend_for_index.
+    settings = settings_for_index(settings, index_model(store))
     step("loading the embedding model")
     embedder = BatchedEmbedder(
         select_embedder(
@@ -79,11 +96,11 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
     # The detector's own bundled model, whatever model the index uses; fitted once per cache.
     # The detector is always the bundled model, so the shipped parameters apply.
     guard = load_guard(detector, cache_dir=settings.cache_dir, use_shipped=True)
-    step("connecting to Weaviate and the databases")
+    step("connecting to the LLM")
     answerer = OpenAICompatibleAnswerer(settings)
     service = AnswerService(
         settings=settings,
-        store=WeaviateStore.connected(settings),
+        store=store,
         embedder=embedder,
         ledger=Ledger(settings.ledger_database_url),
         escalations=EscalationStore(settings.ledger_database_url),
@@ -105,11 +122,24 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
     return Runtime(service=service, answerer=answerer, batchers=batchers)
 
 
+def index_model(store: WeaviateStore) -> str | None:
+    """The model id of the live policy index's vectors; None before the first ingest, or when
+    Weaviate cannot say (the service starts anyway, as it does with Weaviate down)."""
+    try:
+        name = store.live_collection(SourceKind.DOCUMENTS)
+        return store.collection_model(name)[0] if name else None
+    except (FreshkbError, WeaviateBaseError) as exc:
+        log.warning("the index's embedding model is unknown (%s): embedding as for a new one", exc)
+        return None
+
+
 def _detector_batcher(embedder: BatchedEmbedder, settings: Settings) -> BatchedEmbedder:
     """The screen's embedder: the index's own when that is the bundled model on the CPU (one
     model loaded, and a question embedded for the screen is not embedded again to search),
-    else its own."""
+    else its own. Its int8 vectors too: the shipped parameters fed int8 vectors block as many
+    unseen attacks and flag as few benign questions (bench/results/int8-question-detector-*)."""
     inner: Embedder = embedder.inner
-    if inner.model_id == BUNDLED_MODEL_ID and getattr(inner, "device", "cpu") == "cpu":
+    bundled = base_model_id(inner.model_id) == BUNDLED_MODEL_ID
+    if bundled and getattr(inner, "device", "cpu") == "cpu":
         return embedder
     return BatchedEmbedder(detector_embedder(settings.cache_dir))

@@ -157,3 +157,37 @@ def test_a_gpu_driver_on_the_machine_makes_auto_ask_torch(monkeypatch: pytest.Mo
     monkeypatch.setattr(embedder, "GPU_DEVICE_FILES", ("/nonexistent/nvidia",))
     monkeypatch.delitem(sys.modules, "torch")
     assert not embedder.gpu_possible()
+
+
+def test_auto_follows_the_index_and_makes_a_new_index_int8_on_a_cpu(tmp_path: Path):
+    from freshkb.embeddings.embedder import backend_for_index, base_model_id, settings_for_index
+
+    int8_id, fp32_id = BUNDLED_MODEL_ID + INT8_SUFFIX, BUNDLED_MODEL_ID
+
+    def auto(device: str, index: str | None, cache: Path | None = tmp_path) -> str:
+        return backend_for_index("auto", "all-MiniLM-L6-v2", device, cache, index)
+
+    # An index keeps the vectors it was made of, whatever embeds: CPU or GPU.
+    assert auto("cpu", int8_id) == auto("cuda", int8_id) == "onnx-int8"
+    assert auto("cpu", fp32_id) == auto("cuda", fp32_id) == "auto"
+    # A new index (none yet, or one of another model: a rebuild): int8 where a CPU embeds.
+    assert auto("cpu", None) == auto("cpu", "local:other-model") == "onnx-int8"
+    assert auto("cuda", None) == "auto"
+    assert auto("cpu", None, cache=None) == "auto"  # nowhere to export to: fp32 torch
+    # A backend the user set is used as set, against any index.
+    for backend in ("torch", "onnx", "onnx-int8"):
+        assert backend_for_index(backend, "all-MiniLM-L6-v2", "cpu", tmp_path, fp32_id) == backend
+
+    settings = Settings(data_dir=tmp_path, embedding_device="cpu")
+    assert settings_for_index(settings, None).embedding_backend == "onnx-int8"
+    assert settings_for_index(settings, fp32_id) is settings
+    assert base_model_id(int8_id) == base_model_id(fp32_id) == fp32_id
+
+
+def test_the_screens_parameters_and_verdicts_serve_both_precisions():
+    from freshkb.screening.fitted import fit_key, question_key
+
+    int8_id = BUNDLED_MODEL_ID + INT8_SUFFIX
+    assert fit_key(int8_id) == fit_key(BUNDLED_MODEL_ID)
+    assert question_key(int8_id) == question_key(BUNDLED_MODEL_ID)
+    assert fit_key("local:other-model") != fit_key(BUNDLED_MODEL_ID)

@@ -224,8 +224,10 @@ def test_model_change_builds_a_new_version_and_switches_only_when_complete(
     store._physical.clear()
     assert set(stored_objects(store)) == set(v1_objects), "same objects, new vectors"
     versions = {v.name: v for v in store.versions(SourceKind.DOCUMENTS)}
-    assert versions["PolicyChunk_v1"].model_id == "sentence-transformers/all-MiniLM-L6-v2"
-    assert versions[rebuilt.version].model_id == "local:minilm-copy"
+    # Both made on this CPU as new indexes: int8 vectors (embeddings/embedder.py
+    # backend_for_index), each under its own model's id.
+    assert versions["PolicyChunk_v1"].model_id == "sentence-transformers/all-MiniLM-L6-v2+onnx-int8"
+    assert versions[rebuilt.version].model_id == "local:minilm-copy+onnx-int8"
     assert versions[rebuilt.version].live and versions[rebuilt.version].complete
     assert versions[rebuilt.version].objects == len(v1_objects)
     assert ledger_state("main-kb").flow_run_id == rebuilt.reports[0].flow_run_id
@@ -332,3 +334,49 @@ def test_status_shows_a_stale_and_a_failing_source(store, prefect_harness, corpu
     for name in ("status-fresh", "status-stale", "status-failing", "status-never"):
         assert name in table.stdout
     assert os.environ.get("FRESHKB_CONFIG") != str(config)
+
+
+def test_auto_keeps_an_fp32_index_fp32_and_makes_a_new_one_int8(
+    store, prefect_harness, tmp_path, monkeypatch
+):
+    from freshkb.embeddings.embedder import BUNDLED_MODEL_ID
+    from freshkb.embeddings.onnx_backend import INT8_SUFFIX
+    from freshkb.serving.runtime import build_runtime
+
+    def live_model() -> str | None:
+        store._physical.clear()
+        name = store.live_collection(SourceKind.DOCUMENTS)
+        return store.collection_model(name)[0] if name else None
+
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    write_policies(folder)
+    # An index made of fp32 vectors, as every index was before int8 became auto's choice.
+    monkeypatch.setenv("FRESHKB_EMBEDDING_BACKEND", "onnx")
+    assert ingest_source(source_config=documents_source(folder)).status == "completed"
+    assert live_model() == BUNDLED_MODEL_ID
+    monkeypatch.delenv("FRESHKB_EMBEDDING_BACKEND")
+    (folder / "returns.md").write_text("# Returns\n\nBoots may be returned within 90 days.\n")
+    again = ingest_source(source_config=documents_source(folder))
+    assert again.status == "completed", again.error  # followed, not refused as another model
+    assert again.documents_changed == 1 and live_model() == BUNDLED_MODEL_ID
+    runtime = build_runtime(Settings())
+    try:
+        assert runtime.service.embedder.model_id == BUNDLED_MODEL_ID
+        assert len(runtime.batchers) == 1  # the screen shares the question's one embedding
+    finally:
+        runtime.close()
+
+    # A new index on this CPU: int8 vectors; the answer service follows it, and its screen
+    # loads the shipped parameters for them (no detector is fitted at start).
+    rebuilt = rebuild_index("documents", sources=[documents_source(folder)])
+    assert rebuilt.promoted, rebuilt.error
+    assert live_model() == BUNDLED_MODEL_ID + INT8_SUFFIX
+    runtime = build_runtime(Settings())
+    try:
+        assert runtime.service.embedder.model_id == BUNDLED_MODEL_ID + INT8_SUFFIX
+        assert len(runtime.batchers) == 1
+        hits, _ = runtime.service.search("How long do I have to return boots?")
+        assert hits and "90 days" in hits[0].text
+    finally:
+        runtime.close()

@@ -21,9 +21,10 @@ from conftest import CountingEmbedder
 from fixtures_files import shared_dir
 
 from freshkb.core.config import Settings
+from freshkb.embeddings.embedder import select_embedder
 from freshkb.screening import InjectionGuard, build_guard, load_guard
 from freshkb.screening.fitted import fit_key, fitted_path, load_fitted, save_fitted
-from freshkb.screening.guard import detector_embedder
+from freshkb.screening.guard import DETECTOR_MODEL, detector_embedder
 from freshkb.serving.prompting import DATA_BLOCK_TAG, DATA_CLOSE, neutralise, quote_as_data
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "safety_eval.py"
@@ -311,24 +312,25 @@ def test_detectors_are_fitted_once_then_loaded_with_identical_scores(
     ]:
         scores = zip(fitted.score(texts), loaded.score(texts), strict=True)
         assert all(np.array_equal(a, b) for a, b in scores)
-    # The service's guard: parameters shipped in the package, vectors from ONNX Runtime (the
-    # same model exported, cosine >= 0.9999 to torch's): the same scores within float noise.
-    for service, loaded in [
-        (guard.questions, second.questions),
-        (guard.documents, second.documents),
+    # Parameters shipped in the package, fp32 vectors from ONNX Runtime (the same model
+    # exported, cosine >= 0.9999 to torch's): the same scores within float noise.
+    onnx = build_guard(
+        select_embedder(DETECTOR_MODEL, "cpu", 64, "onnx", Settings().cache_dir), None, True
+    )
+    for exported, loaded in [
+        (onnx.questions, second.questions),
+        (onnx.documents, second.documents),
     ]:
-        scores = zip(service.score(texts), loaded.score(texts), strict=True)
+        scores = zip(exported.score(texts), loaded.score(texts), strict=True)
         assert all(np.allclose(a, b, atol=1e-3) for a, b in scores)
-    # ...and the same decisions, for the same reasons.
+    # The service's guard runs the model in int8 (its figures: bench/safety_eval.py, tested
+    # above): scores move by up to ~0.2 here, the decisions are the same, for the same reasons.
     for torch_verdict, service_verdict in zip(
         second.screen_questions(texts), guard.screen_questions(texts), strict=True
     ):
         assert torch_verdict.blocked == service_verdict.blocked
         assert torch_verdict.detector_hit == service_verdict.detector_hit
         assert torch_verdict.rule_matches == service_verdict.rule_matches
-        assert torch_verdict.detector_score == pytest.approx(
-            service_verdict.detector_score, abs=1e-3
-        )
     for torch_document, service_document in zip(
         second.inspect_documents(texts), guard.inspect_documents(texts), strict=True
     ):

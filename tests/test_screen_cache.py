@@ -18,6 +18,7 @@ from freshkb.core import ids
 from freshkb.core.config import Settings
 from freshkb.core.records import Chunk, SourceKind
 from freshkb.embeddings.embedder import BUNDLED_MODEL_ID, Embedder, select_embedder
+from freshkb.embeddings.onnx_backend import INT8_SUFFIX
 from freshkb.flows.tasks import screen_task
 from freshkb.screening import InjectionGuard, build_guard
 from freshkb.screening.fitted import (
@@ -174,5 +175,8 @@ def test_screen_task_flags_injected_chunks_and_fills_the_verdict_cache(onnx_cach
     with sqlite3.connect(verdict_cache_path(onnx_cache)) as db:
         assert db.execute("SELECT COUNT(*) FROM document_verdicts").fetchone()[0] == len(TEXTS)
     assert screen_task.fn(settings, chunks) == screened  # from the cache, same decisions
+    # The screen ran MiniLM in int8 (exported into the cache directory), with the parameters
+    # shipped for MiniLM: one key for both precisions.
     embedder: Embedder = detector_embedder(onnx_cache)
-    assert embedder.model_id == BUNDLED_MODEL_ID
+    assert embedder.model_id == BUNDLED_MODEL_ID + INT8_SUFFIX
+    assert fit_key(embedder.model_id) == fit_key(BUNDLED_MODEL_ID)

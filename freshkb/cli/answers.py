@@ -34,20 +34,23 @@ def search(
     json_out: JsonFlag = False,
 ) -> None:
     """Hybrid search of the index (policy chunks, plus one customer's records with --customer)."""
-    from freshkb.embeddings.embedder import select_embedder
+    from freshkb.embeddings.embedder import select_embedder, settings_for_index
+    from freshkb.serving.runtime import index_model
     from freshkb.store.active_config import active_settings
     from freshkb.store.weaviate_store import open_store
 
     settings = active_settings(settings_for(config))
     try:
-        embedder = select_embedder(
-            settings.embedding_model,
-            settings.embedding_device,
-            settings.embedding_batch_size,
-            settings.embedding_backend,
-            settings.cache_dir,
-        )
         with open_store(settings) as store:
+            # the question embedded as the index's vectors were made (int8 or fp32)
+            settings = settings_for_index(settings, index_model(store))
+            embedder = select_embedder(
+                settings.embedding_model,
+                settings.embedding_device,
+                settings.embedding_batch_size,
+                settings.embedding_backend,
+                settings.cache_dir,
+            )
             vector = embedder.embed([text])[0]
             hits = store.search(
                 text, vector, k=k, customer_id=customer, alpha=settings.search_alpha

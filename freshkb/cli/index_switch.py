@@ -45,7 +45,7 @@ class LiveIndexSwitch:
     def restore(self, settings: Settings, model: str) -> list[str]:
         """Every kind's alias back one version; a kind whose previous version holds another
         model is rebuilt instead."""
-        from freshkb.embeddings.embedder import resolve_model
+        from freshkb.embeddings.embedder import base_model_id, resolve_model
         from freshkb.flows.versions import rollback_collection
         from freshkb.store import server
 
@@ -53,7 +53,7 @@ class LiveIndexSwitch:
         expected, notes = resolve_model(model)[1], []
         for kind in _declared_kinds(settings):
             restored = rollback_collection(settings, kind).restored
-            if restored.model_id == expected:
+            if base_model_id(restored.model_id or "") == expected:
                 notes.append(f"{kind.value}: answers read {restored.name} (model {expected})")
             else:
                 notes.append(_rebuild_kind(settings, kind, expected))
@@ -63,6 +63,7 @@ class LiveIndexSwitch:
 def _rebuild_kind(settings: Settings, kind: SourceKind, expected: str) -> str:
     """`freshkb rebuild --kind KIND`, checked to have switched to a version of `expected`."""
     from freshkb.cli.prefect_runs import explained_prefect_failures
+    from freshkb.embeddings.embedder import base_model_id
     from freshkb.flows.rebuild import rebuild_index
     from freshkb.flows.versions import rollback_collection
 
@@ -70,7 +71,7 @@ def _rebuild_kind(settings: Settings, kind: SourceKind, expected: str) -> str:
         summary = rebuild_index(kind.value, config_file=str(settings.config_file))
     if not summary.promoted:
         raise ConfigError(f"rebuild of {kind.value} failed: {summary.error}")
-    if summary.model_id != expected:
+    if base_model_id(summary.model_id or "") != expected:
         rollback_collection(settings, kind)
         raise ConfigError(
             f"rebuild of {kind.value} used {summary.model_id}, not {expected} (do the flows "
