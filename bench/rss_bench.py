@@ -56,10 +56,12 @@ def replicate(folder: Path, copies: int, into: Path) -> int:
 def measure_one(folder: Path) -> dict[str, Any]:
     """Ingest `folder` in this process (the environment is already set); the figures."""
     from freshkb.core.config import Settings
+    from freshkb.embeddings.embedder import settings_for_index
     from freshkb.flows.ingest import ingest_source
     from freshkb.flows.tasks import embedding_model
 
-    embedding_model(Settings())  # the model in memory before the baseline is read
+    # the model a first ingest loads (int8 on a CPU) in memory before the baseline is read
+    embedding_model(settings_for_index(Settings(), None))
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     config = {"name": "rss-bench", "kind": "documents", "location": str(folder), "owner": "bench"}
     started = time.perf_counter()

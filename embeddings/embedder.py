@@ -231,14 +231,31 @@ def settings_for_index(settings: Settings, index_model_id: str | None) -> Settin
     )
     if backend == settings.embedding_backend:
         return settings
+    if backend == "onnx-int8" and not (index_model_id or "").endswith(_int8_suffix()):
+        # int8 chosen for a new index: one that cannot be made costs speed, not the run
+        try:
+            select_embedder(
+                settings.embedding_model,
+                settings.embedding_device,
+                settings.embedding_batch_size,
+                backend,
+                settings.cache_dir,
+            )
+        except ConfigError as exc:
+            log.warning("%s cannot run in int8 (%s): fp32 instead", settings.embedding_model, exc)
+            return settings
     return settings.model_copy(update={"embedding_backend": backend})
+
+
+def _int8_suffix() -> str:
+    from freshkb.embeddings.onnx_backend import INT8_SUFFIX
+
+    return INT8_SUFFIX
 
 
 def base_model_id(model_id: str) -> str:
     """The model an id's vectors come from, whichever precision made them."""
-    from freshkb.embeddings.onnx_backend import INT8_SUFFIX
-
-    return model_id.removesuffix(INT8_SUFFIX)
+    return model_id.removesuffix(_int8_suffix())
 
 
 @lru_cache(maxsize=4)

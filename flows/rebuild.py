@@ -16,9 +16,8 @@ from freshkb.core.config import Settings
 from freshkb.core.records import SourceKind
 from freshkb.core.report import RebuildReport, RunReport
 from freshkb.core.sources import AnySource, load_sources, parse_source
-from freshkb.embeddings.embedder import settings_for_index
 from freshkb.flows.ingest import ingest_source, open_ledger
-from freshkb.flows.tasks import embedding_model, index
+from freshkb.flows.tasks import embedding_model, index, indexed_settings
 from freshkb.store.active_config import active_settings
 
 
@@ -46,9 +45,9 @@ def rebuild_index(
     if not chosen:
         report.error = f"no {kind} sources declared: nothing to rebuild"
         return report
-    # A new version is a new index: 'auto' chooses its vectors afresh (int8 on a CPU), and each
-    # source's run below follows the version's model id (embeddings/embedder.py).
-    model = embedding_model(settings_for_index(settings, None))
+    # 'auto' keeps the precision of the index in use (a new model: int8 on a CPU); each
+    # source's run below follows the new version's model id (embeddings/embedder.py).
+    model = embedding_model(indexed_settings(settings, source_kind, None))
     started_at = datetime.now(UTC)
     with index(settings) as store:
         # Failed builds are kept for inspection until the next rebuild, and dropped only after

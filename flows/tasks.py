@@ -18,6 +18,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
+from weaviate.exceptions import WeaviateBaseError
 
 from freshkb.core.config import Settings
 from freshkb.core.errors import ConfigError, DataError, TransientError
@@ -145,10 +146,9 @@ def index(
 @task(name="index-model", **TASK_OPTIONS)
 def index_model_task(settings: Settings, kind: SourceKind, target: str | None) -> str | None:
     """The model id of the vectors in the collection a run writes (a rebuild's target, else
-    the live one); None before the first ingest of `kind`."""
+    the live one, else the other kind's); None before the first ingest."""
     with index(settings, kind, target) as store:
-        name = store.live_collection(kind)
-        return store.collection_model(name)[0] if name else None
+        return store.vectors_model(kind)
 
 
 def indexed_settings(settings: Settings, kind: SourceKind, target: str | None) -> Settings:
@@ -342,7 +342,14 @@ def verify_task(
             within=settings.weaviate_settle_seconds if replicated else 0.0,
         )
         if found < total and replicated:
-            absent = store.missing(source.kind, expected)
+            try:
+                absent = store.missing(source.kind, expected)
+            except WeaviateBaseError as exc:
+                raise DataError(
+                    f"post-write check: {found} of {total} objects of source {source.name!r} "
+                    f"counted, and reading them back one by one failed ({exc}); the run is "
+                    "marked failed and the next run repairs it"
+                ) from exc
             log.warning(
                 "post-write check of %s: the copy answering counts holds %d of %d objects; "
                 "read one by one where writes are acknowledged, %d are missing",

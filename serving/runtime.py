@@ -123,11 +123,11 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
 
 
 def index_model(store: WeaviateStore) -> str | None:
-    """The model id of the live policy index's vectors; None before the first ingest, or when
-    Weaviate cannot say (the service starts anyway, as it does with Weaviate down)."""
+    """The model id of the live index's vectors (the policies', else the customer records');
+    None before the first ingest, or when Weaviate cannot say (the service starts anyway, as
+    it does with Weaviate down)."""
     try:
-        name = store.live_collection(SourceKind.DOCUMENTS)
-        return store.collection_model(name)[0] if name else None
+        return store.vectors_model(SourceKind.DOCUMENTS)
     except (FreshkbError, WeaviateBaseError) as exc:
         log.warning("the index's embedding model is unknown (%s): embedding as for a new one", exc)
         return None

@@ -194,6 +194,16 @@ class WeaviateStore:
         record = self._versions.description(name)
         return (record.model_id, record.dimension) if record.model_id else (None, None)
 
+    def vectors_model(self, kind: SourceKind = SourceKind.DOCUMENTS) -> str | None:
+        """The model id the vectors of `kind`'s collection in use were made with; where `kind`
+        has none yet, the other kind's (a deployment embeds in one precision); None before
+        any ingest."""
+        for each in (kind, *(other for other in SourceKind if other is not kind)):
+            name = self.live_collection(each)
+            if name:
+                return self.collection_model(name)[0]
+        return None
+
     def create_version(
         self, kind: SourceKind, model_id: str, dimension: int, flow_run_id: str
     ) -> str:

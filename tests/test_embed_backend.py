@@ -191,3 +191,24 @@ def test_the_screens_parameters_and_verdicts_serve_both_precisions():
     assert fit_key(int8_id) == fit_key(BUNDLED_MODEL_ID)
     assert question_key(int8_id) == question_key(BUNDLED_MODEL_ID)
     assert fit_key("local:other-model") != fit_key(BUNDLED_MODEL_ID)
+
+
+def test_a_new_index_falls_back_to_fp32_when_int8_cannot_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import freshkb.embeddings.onnx_backend as onnx_backend
+    from freshkb.embeddings.embedder import settings_for_index
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("quantisation failed")
+
+    monkeypatch.setattr(onnx_backend, "OnnxEmbedder", broken)
+    # its own cache directory: select_embedder keeps what it loaded per directory
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache", embedding_device="cpu")
+    # A new index: speed lost, not the run.
+    assert settings_for_index(settings, None).embedding_backend == "auto"
+    # An index of int8 vectors must be embedded in int8: that fails loudly where it is used.
+    int8 = settings_for_index(settings, BUNDLED_MODEL_ID + INT8_SUFFIX)
+    assert int8.embedding_backend == "onnx-int8"
+    with pytest.raises(ConfigError, match="could not run on ONNX Runtime"):
+        select_embedder("all-MiniLM-L6-v2", "cpu", 64, "onnx-int8", int8.cache_dir)

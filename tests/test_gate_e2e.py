@@ -336,7 +336,7 @@ def test_status_shows_a_stale_and_a_failing_source(store, prefect_harness, corpu
     assert os.environ.get("FRESHKB_CONFIG") != str(config)
 
 
-def test_auto_keeps_an_fp32_index_fp32_and_makes_a_new_one_int8(
+def test_auto_keeps_an_index_in_its_precision_and_a_forced_rebuild_moves_it(
     store, prefect_harness, tmp_path, monkeypatch
 ):
     from freshkb.embeddings.embedder import BUNDLED_MODEL_ID
@@ -367,10 +367,17 @@ def test_auto_keeps_an_fp32_index_fp32_and_makes_a_new_one_int8(
     finally:
         runtime.close()
 
-    # A new index on this CPU: int8 vectors; the answer service follows it, and its screen
+    # A rebuild keeps the index's precision; forced to int8, it moves the index to int8
+    # vectors, and from then on auto follows them: the answer service too, whose screen
     # loads the shipped parameters for them (no detector is fitted at start).
-    rebuilt = rebuild_index("documents", sources=[documents_source(folder)])
-    assert rebuilt.promoted, rebuilt.error
+    kept = rebuild_index("documents", sources=[documents_source(folder)])
+    assert kept.promoted and live_model() == BUNDLED_MODEL_ID, kept.error
+    monkeypatch.setenv("FRESHKB_EMBEDDING_BACKEND", "onnx-int8")
+    moved = rebuild_index("documents", sources=[documents_source(folder)])
+    assert moved.promoted and live_model() == BUNDLED_MODEL_ID + INT8_SUFFIX, moved.error
+    monkeypatch.delenv("FRESHKB_EMBEDDING_BACKEND")
+    (folder / "shipping.md").write_text("# Shipping\n\nOrders ship within 2 days.\n")
+    assert ingest_source(source_config=documents_source(folder)).objects_written > 0
     assert live_model() == BUNDLED_MODEL_ID + INT8_SUFFIX
     runtime = build_runtime(Settings())
     try:

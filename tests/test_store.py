@@ -10,6 +10,7 @@ from store_contract import DIM, MODEL, IndexContract, embedded, write
 
 from freshkb.core.config import Settings
 from freshkb.core.records import ExpectedDocument, SourceKind
+from freshkb.flows import tasks  # at import: Prefect sets up logging before caplog does
 from freshkb.store import server
 from freshkb.store.connection import Endpoint, endpoint
 from freshkb.store.description import VersionDescription, VersionState
@@ -213,6 +214,10 @@ class _LaggingStore:
 
     def missing(self, kind: SourceKind, expected: Any) -> list[str]:
         self.checked.append(tuple(expected))
+        if self.absent == ["unreadable"]:  # e.g. ALL asked of three copies with one node down
+            from weaviate.exceptions import WeaviateBaseError
+
+            raise WeaviateBaseError("cannot achieve consistency level ALL")
         return self.absent
 
 
@@ -226,9 +231,12 @@ def _verify(
     from contextlib import contextmanager
 
     from freshkb.core.sources import parse_source
-    from freshkb.flows import tasks
 
-    monkeypatch.setattr(tasks, "index", contextmanager(lambda *args: iter([store])))
+    @contextmanager
+    def opened(*args: Any) -> Any:
+        yield store
+
+    monkeypatch.setattr(tasks, "index", opened)
     settings = Settings(data_dir=tmp_path, weaviate_settle_seconds=1, **setup)
     source = parse_source({"name": "manuals", "kind": "documents", "location": str(tmp_path)})
     return int(tasks.verify_task.fn(settings, source, EXPECTED, None))
@@ -280,3 +288,7 @@ def test_a_count_short_after_the_wait_fails_when_chunks_are_really_missing(
     # a count above the expected one is not explained by a lagging copy: it fails as it is
     with pytest.raises(DataError, match="173 found"):
         _verify(monkeypatch, tmp_path, _LaggingStore([173]), weaviate_nodes=3)
+
+    # reading back fails (a level the cluster cannot give now): the run fails and says why
+    with pytest.raises(DataError, match="reading them back one by one failed"):
+        _verify(monkeypatch, tmp_path, _LaggingStore([161], ["unreadable"]), weaviate_nodes=3)

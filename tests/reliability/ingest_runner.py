@@ -223,13 +223,14 @@ def warm_up() -> None:
     from freshkb.core.config import Settings
     from freshkb.core.sources import parse_source
     from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
+    from freshkb.embeddings.embedder import settings_for_index
     from freshkb.flows import ingest  # noqa: F401  (Prefect, GX, weaviate)
     from freshkb.flows.tasks import embedder_for, embedding_model
     from freshkb.loaders import loader_for
     from freshkb.screening import load_guard
     from freshkb.validation.gate import validate_load
 
-    settings = Settings()
+    settings = settings_for_index(Settings(), None)  # the model a first ingest loads: int8
     model = embedding_model(settings)
     guard = load_guard(cache_dir=settings.cache_dir)
     with tempfile.TemporaryDirectory() as folder:
