@@ -210,11 +210,11 @@ def backend_for_index(
     """
     if backend != "auto":
         return backend
-    from freshkb.embeddings.onnx_backend import INT8_SUFFIX, exportable
+    from freshkb.embeddings.onnx_backend import exportable
 
     load_from, model_id = resolve_model(model)
-    if index_model_id is not None and index_model_id.removesuffix(INT8_SUFFIX) == model_id:
-        return "onnx-int8" if index_model_id.endswith(INT8_SUFFIX) else "auto"
+    if _follows(index_model_id, model_id):
+        return "auto" if index_model_id == model_id else "onnx-int8"
     if cache_dir is not None and resolve_device(device) == "cpu" and exportable(load_from):
         return "onnx-int8"
     return "auto"
@@ -231,7 +231,8 @@ def settings_for_index(settings: Settings, index_model_id: str | None) -> Settin
     )
     if backend == settings.embedding_backend:
         return settings
-    if backend == "onnx-int8" and not (index_model_id or "").endswith(_int8_suffix()):
+    new_index = not _follows(index_model_id, resolve_model(settings.embedding_model)[1])
+    if backend == "onnx-int8" and new_index:
         # int8 chosen for a new index: one that cannot be made costs speed, not the run
         try:
             select_embedder(
@@ -247,15 +248,16 @@ def settings_for_index(settings: Settings, index_model_id: str | None) -> Settin
     return settings.model_copy(update={"embedding_backend": backend})
 
 
-def _int8_suffix() -> str:
-    from freshkb.embeddings.onnx_backend import INT8_SUFFIX
-
-    return INT8_SUFFIX
+def _follows(index_model_id: str | None, model_id: str) -> bool:
+    """True when the index holds vectors of `model_id`, in either precision."""
+    return index_model_id is not None and base_model_id(index_model_id) == model_id
 
 
 def base_model_id(model_id: str) -> str:
     """The model an id's vectors come from, whichever precision made them."""
-    return model_id.removesuffix(_int8_suffix())
+    from freshkb.embeddings.onnx_backend import INT8_SUFFIX
+
+    return model_id.removesuffix(INT8_SUFFIX)
 
 
 @lru_cache(maxsize=4)

@@ -76,7 +76,7 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
     """The answer service wired to the configured Weaviate, model, database and LLM, logging
     every answer in the operational database; `step` hears each part as it is built."""
     step = step or (lambda name: None)
-    step("connecting to Weaviate and the databases")
+    step("connecting to Weaviate")
     store = WeaviateStore.connected(settings)
     # Questions are embedded as the index's vectors were made (int8 or fp32), whatever the
     # machine: embeddings/embedder.py backend_for_index.
@@ -96,7 +96,7 @@ def build_runtime(settings: Settings, step: Callable[[str], None] | None = None)
     # The detector's own bundled model, whatever model the index uses; fitted once per cache.
     # The detector is always the bundled model, so the shipped parameters apply.
     guard = load_guard(detector, cache_dir=settings.cache_dir, use_shipped=True)
-    step("connecting to the LLM")
+    step("connecting to the LLM and the databases")
     answerer = OpenAICompatibleAnswerer(settings)
     service = AnswerService(
         settings=settings,

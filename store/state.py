@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from weaviate.classes.query import Filter
+from weaviate.collections import Collection
 
 from freshkb.core import ids
 from freshkb.core.records import ExpectedDocument, SourceKind, StoredDocument
@@ -123,8 +124,11 @@ def missing(
     filtered counts has not applied it yet (the coordinator repairs such a copy as it reads).
     """
     absent: list[str] = []
+    handles: dict[str | None, Collection] = {}  # one per tenant: each costs an alias lookup
     for doc in expected:
-        handle = live.confirming(kind, doc.customer_id)
+        if doc.customer_id not in handles:
+            handles[doc.customer_id] = live.confirming(kind, doc.customer_id)
+        handle = handles[doc.customer_id]
         for position in range(doc.chunk_count):
             uuid = ids.chunk_uuid(doc.document_id, position)
             if not handle.data.exists(uuid):
