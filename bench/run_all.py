@@ -16,9 +16,11 @@ Benches share the machine's cores, so run nothing else meanwhile, and read the l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -357,6 +359,43 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}"
 
 
+def port_holder(port: int) -> str | None:
+    """None when `port` can be bound on loopback, else who listens on it (pid and command,
+    from /proc, where this process may read them)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return None
+        except OSError:
+            pass
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in inodes:
+                pid = fd.parent.parent.name
+                command = (fd.parent.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                return f"pid {pid}: {command.decode(errors='replace').strip()[:200]}"
+    return "a process this user cannot see"
+
+
+def wait_for_ports(ports: tuple[int, int], seconds: float = 60) -> list[str]:
+    """Wait up to `seconds` for a bench's Weaviate ports to be free again; what still holds
+    them (each bench starts its own server on them, so a leftover fails the next bench)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        held = [f"port {p} held by {h}" for p in ports if (h := port_holder(p)) is not None]
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(1)
+
+
 def main() -> int:
     """Run the benches and print (and write) the one table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -381,6 +420,9 @@ def main() -> int:
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         runs[name] = run_bench(name, args.quick, (args.http_port, args.grpc_port), args.timeout)
+        if held := wait_for_ports((args.http_port, args.grpc_port)):
+            runs[name]["left_running"] = held  # named here, not as the next bench's failure
+            print(f"{name} left its Weaviate running: {'; '.join(held)}", file=sys.stderr)
         # Written after every bench, so a run stopped half way keeps what it measured.
         meta, rows, table = write_results(output, runs, load_before, started, args.quick)
     print(json.dumps({"meta": meta, "rows": rows}, default=str) if args.json else table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from freshkb.embeddings.embedder import (
     select_embedder,
     settings_for_index,
 )
-from freshkb.screening import load_guard
+from freshkb.screening import InjectionGuard, load_guard
 from freshkb.screening.guard import detector_embedder
 from freshkb.screening.verdict_cache import open_verdict_cache
 from freshkb.serving.answer_log import AnswerJournal, AnswerLog, hash_key
@@ -74,52 +75,79 @@ class Runtime:
 
 def build_runtime(settings: Settings, step: Callable[[str], None] | None = None) -> Runtime:
     """The answer service wired to the configured Weaviate, model, database and LLM, logging
-    every answer in the operational database; `step` hears each part as it is built."""
+    every answer in the operational database; `step` hears each part as it is built. A part
+    that fails closes the parts built before it."""
     step = step or (lambda name: None)
-    step("connecting to Weaviate")
-    store = WeaviateStore.connected(settings)
-    # Questions are embedded as the index's vectors were made (int8 or fp32), whatever the
-    # machine: embeddings/embedder.py backend_for_index.
-    settings = settings_for_index(settings, index_model(store))
-    step("loading the embedding model")
-    embedder = BatchedEmbedder(
-        select_embedder(
-            settings.embedding_model,
-            settings.embedding_device,
-            settings.embedding_batch_size,
-            settings.embedding_backend,
-            settings.cache_dir,
+    with contextlib.ExitStack() as opened:
+        step("connecting to Weaviate")
+        store = WeaviateStore.connected(settings)
+        opened.callback(store.close)
+        # Questions are embedded as the index's vectors were made (int8 or fp32), whatever the
+        # machine: embeddings/embedder.py backend_for_index.
+        settings = settings_for_index(settings, index_model(store))
+        step("loading the embedding model")
+        embedder = BatchedEmbedder(
+            select_embedder(
+                settings.embedding_model,
+                settings.embedding_device,
+                settings.embedding_batch_size,
+                settings.embedding_backend,
+                settings.cache_dir,
+            )
         )
-    )
-    detector = _detector_batcher(embedder, settings)
-    step("loading the injection screen")
-    # The detector's own bundled model, whatever model the index uses; fitted once per cache.
-    # The detector is always the bundled model, so the shipped parameters apply.
-    guard = load_guard(detector, cache_dir=settings.cache_dir, use_shipped=True)
-    step("connecting to the LLM and the databases")
+        opened.callback(embedder.close)
+        detector = _detector_batcher(embedder, settings)
+        if detector is not embedder:
+            opened.callback(detector.close)
+        step("loading the injection screen")
+        # The detector is always the bundled model, whatever model the index uses, so the
+        # shipped parameters apply; fitted once per cache otherwise.
+        guard = load_guard(detector, cache_dir=settings.cache_dir, use_shipped=True)
+        step("connecting to the LLM and the databases")
+        service, answerer = _service(settings, store, embedder, guard, opened)
+        opened.pop_all()
+    batchers = [embedder] if detector is embedder else [embedder, detector]
+    return Runtime(service=service, answerer=answerer, batchers=batchers)
+
+
+def _service(
+    settings: Settings,
+    store: WeaviateStore,
+    embedder: BatchedEmbedder,
+    guard: InjectionGuard,
+    opened: contextlib.ExitStack,
+) -> tuple[AnswerService, OpenAICompatibleAnswerer]:
+    """The answer service over the parts built so far, with its LLM client and databases;
+    each is registered in `opened`, to be closed if a later one fails."""
     answerer = OpenAICompatibleAnswerer(settings)
+    opened.callback(answerer.close)
+    ledger = Ledger(settings.ledger_database_url)
+    opened.callback(ledger.close)
+    escalations = EscalationStore(settings.ledger_database_url)
+    opened.callback(escalations.close)
+    journal = AnswerJournal(
+        AnswerLog(settings.ledger_database_url, settings.answer_log_retention_days),
+        settings.answer_log_questions,
+        key=hash_key(
+            settings.answer_log_hash_key.get_secret_value()
+            if settings.answer_log_hash_key
+            else None,
+            settings.data_dir,
+        ),
+    )
+    opened.callback(journal.close)
     service = AnswerService(
         settings=settings,
         store=store,
         embedder=embedder,
-        ledger=Ledger(settings.ledger_database_url),
-        escalations=EscalationStore(settings.ledger_database_url),
+        ledger=ledger,
+        escalations=escalations,
         answerer=answerer,
         guard=guard,
-        journal=AnswerJournal(
-            AnswerLog(settings.ledger_database_url, settings.answer_log_retention_days),
-            settings.answer_log_questions,
-            key=hash_key(
-                settings.answer_log_hash_key.get_secret_value()
-                if settings.answer_log_hash_key
-                else None,
-                settings.data_dir,
-            ),
-        ),
+        journal=journal,
     )
     service.verdicts = open_verdict_cache(settings)
-    batchers = [embedder] if detector is embedder else [embedder, detector]
-    return Runtime(service=service, answerer=answerer, batchers=batchers)
+    return service, answerer
 
 
 def index_model(store: WeaviateStore) -> str | None:

@@ -1,11 +1,15 @@
-"""A client of the Weaviate server freshkb uses: WEAVIATE_URL if set, else the managed one."""
+"""A client of the Weaviate server freshkb uses: WEAVIATE_URL if set, else the managed one,
+and a probe of whether that server is up, so that callers fail fast while it is not."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import httpx
 import weaviate
+from weaviate.classes.init import AdditionalConfig, GrpcConfig
 from weaviate.exceptions import WeaviateConnectionError
 
 from freshkb.core.config import Settings
@@ -13,6 +17,19 @@ from freshkb.core.errors import ConfigError, TransientError
 from freshkb.store.server import local_url
 
 _CLOUD_DOMAINS = (".weaviate.cloud", ".weaviate.network")
+
+# gRPC backs off reconnecting to a server that refused it, up to 120 s by default: a server that
+# is back would go unused for up to two minutes. Capped at a second here.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def client_config() -> AdditionalConfig:
+    """The client options freshkb connects with (the gRPC reconnect backoff above)."""
+    return AdditionalConfig(grpc_config=GrpcConfig(channel_options=CHANNEL_OPTIONS))
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,7 @@ def connect(settings: Settings) -> weaviate.WeaviateClient:
                 host="127.0.0.1",
                 port=settings.weaviate_http_port,
                 grpc_port=settings.weaviate_grpc_port,
+                additional_config=client_config(),
             )
         return _connect_to_url(settings, settings.weaviate_url.rstrip("/"))
     except WeaviateConnectionError as exc:
@@ -58,7 +76,9 @@ def _connect_to_url(settings: Settings, url: str) -> weaviate.WeaviateClient:
     if url.endswith(_CLOUD_DOMAINS):
         if auth is None:
             raise ConfigError(f"{url} is a Weaviate Cloud cluster: set WEAVIATE_API_KEY")
-        return weaviate.connect_to_weaviate_cloud(cluster_url=url, auth_credentials=auth)
+        return weaviate.connect_to_weaviate_cloud(
+            cluster_url=url, auth_credentials=auth, additional_config=client_config()
+        )
     http = endpoint(url)
     grpc = endpoint(settings.weaviate_grpc_url) if settings.weaviate_grpc_url else None
     return weaviate.connect_to_custom(
@@ -69,4 +89,56 @@ def _connect_to_url(settings: Settings, url: str) -> weaviate.WeaviateClient:
         grpc_port=grpc.port if grpc else 50051,
         grpc_secure=grpc.secure if grpc else http.secure,
         auth_credentials=auth,
+        additional_config=client_config(),
     )
+
+
+def server_url(settings: Settings) -> str:
+    """The HTTP address of the server freshkb uses."""
+    return (settings.weaviate_url or local_url(settings)).rstrip("/")
+
+
+class Liveness:
+    """Is the server up? Its liveness endpoint, asked at most once per `interval` seconds.
+
+    The client retries a gRPC call to a server that is down for a minute (1+2+..+32 s) before
+    it gives up, so an answer would wait that long to be escalated. With this gate only the
+    calls in the first `interval` of an outage wait; later ones fail at once with a
+    TransientError, and a failed call has the next one ask the server again.
+    """
+
+    def __init__(self, url: str, interval: float = 1.0, timeout: float = 1.0):
+        self.url = f"{url.rstrip('/')}/v1/.well-known/live"
+        self.interval = interval
+        self._http = httpx.Client(timeout=timeout)
+        self._lock = threading.Lock()
+        self._asked_at = float("-inf")
+        self._alive = True
+
+    def check(self) -> None:
+        """Return when the server was up at the last probe; TransientError when it was not."""
+        if time.monotonic() - self._asked_at >= self.interval:
+            self._ask()
+        if not self._alive:
+            raise TransientError(
+                f"Weaviate at {self.url.removesuffix('/v1/.well-known/live')} is not answering; "
+                "start it with `freshkb weaviate up`, or check WEAVIATE_URL"
+            )
+
+    def recheck(self) -> None:
+        """A call failed: ask the server again before the next one."""
+        self._asked_at = float("-inf")
+
+    def _ask(self) -> None:
+        with self._lock:  # one probe at a time; threads that waited use its verdict
+            if time.monotonic() - self._asked_at < self.interval:
+                return
+            try:
+                self._alive = self._http.get(self.url).status_code == 200
+            except httpx.HTTPError:
+                self._alive = False
+            self._asked_at = time.monotonic()
+
+    def close(self) -> None:
+        """Release the probe's connection."""
+        self._http.close()

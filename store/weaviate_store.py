@@ -11,7 +11,8 @@ on a LAN) and, when not, reconnects to the first live node; a call that fails wh
 died is repeated once on the next node (every call here is safe to repeat: writes are
 idempotent). Without the probe a dead node costs a minute: the client retries an unavailable
 gRPC node with backoff (1+2+..+32 s). A multi-host cluster sits behind a load balancer instead
-(WEAVIATE_URL), which does the same for every client.
+(WEAVIATE_URL), which does the same for every client. A store of one server probes it at most
+once a second instead (connection.Liveness): while it is down, calls fail at once.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from freshkb.store import state as _state
 from freshkb.store import writes as _writes
 from freshkb.store.cluster import SINGLE_COPY, Replication, WeaviateNode
 from freshkb.store.collections import LiveCollections
-from freshkb.store.connection import connect
+from freshkb.store.connection import Liveness, client_config, connect, server_url
 from freshkb.store.description import VersionDescription
 from freshkb.store.protocol import IndexVersion, SearchHit, WriteResult
 from freshkb.store.recent import RecentReads
@@ -92,7 +93,10 @@ class NodeFailover:
         for node in self.nodes[start:] + self.nodes[:start]:
             try:
                 client = weaviate.connect_to_local(
-                    host="127.0.0.1", port=node.http_port, grpc_port=node.grpc_port
+                    host="127.0.0.1",
+                    port=node.http_port,
+                    grpc_port=node.grpc_port,
+                    additional_config=client_config(),
                 )
             except WeaviateBaseError as exc:
                 failures.append(f"{node.name} ({node.url}): {exc}")
@@ -113,8 +117,10 @@ class WeaviateStore:
         client: weaviate.WeaviateClient,
         replication: Replication = SINGLE_COPY,
         failover: NodeFailover | None = None,
+        liveness: Liveness | None = None,
     ):
         self.client = client
+        self._liveness = liveness
         self._live = LiveCollections(client, replication)
         self._versions = VersionCatalog(self._live)
         self._failover = failover
@@ -126,20 +132,21 @@ class WeaviateStore:
     @classmethod
     def connected(cls, settings: Settings) -> WeaviateStore:
         """A store of the server the settings name, with their replication; on a managed
-        cluster of several nodes, one that fails over to the next live node."""
+        cluster of several nodes, one that fails over to the next live node; on one server,
+        one that fails fast while the server is down (connection.Liveness)."""
         replication = Replication.from_settings(settings)
         if settings.weaviate_url is None:
             nodes = known_nodes(settings)
             if len(nodes) > 1:
                 failover = NodeFailover(nodes)
                 return cls(failover.connect(), replication, failover)
-        return cls(connect(settings), replication)
+        return cls(connect(settings), replication, liveness=Liveness(server_url(settings)))
 
     def _resilient(self, call: Callable[[], T]) -> T:
         """Run `call` on a live node: move off a dead one first, and repeat a call that failed
-        because its node died on the next node."""
+        because its node died on the next node. With one server: fail at once while it is down."""
         if self._failover is None:
-            return call()
+            return self._gated(call)
         if not self._failover.alive():
             self._reconnect()
         try:
@@ -149,6 +156,18 @@ class WeaviateStore:
                 raise
             self._reconnect()
             return call()
+
+    def _gated(self, call: Callable[[], T]) -> T:
+        """Run `call` unless the server was down at the last probe; a failure has the next call
+        probe it again."""
+        if self._liveness is None:
+            return call()
+        self._liveness.check()
+        try:
+            return call()
+        except (FreshkbError, WeaviateBaseError):
+            self._liveness.recheck()
+            raise
 
     def _reconnect(self) -> None:
         """Swap the client for one of the next live node; the old one is closed."""
@@ -170,6 +189,8 @@ class WeaviateStore:
     def close(self) -> None:
         """Close the connection."""
         self.client.close()
+        if self._liveness is not None:
+            self._liveness.close()
 
     # -- schema and versions --------------------------------------------------------------
 

@@ -231,3 +231,30 @@ def test_a_customer_credential_acts_only_for_its_customer() -> None:
     assert service.acting_for(None) is None
     assert credential_for(tokens, "nope") is None
     assert "c1" not in customer.fingerprint and len(customer.fingerprint) == 16
+
+
+@pytest.mark.integration
+def test_a_service_that_fails_to_start_closes_what_it_had_opened(
+    weaviate_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from freshkb.core.errors import ConfigError
+    from freshkb.serving import runtime as runtime_module
+    from freshkb.serving.query_batching import BatchedEmbedder
+    from freshkb.store.weaviate_store import WeaviateStore
+
+    closed: list[Any] = []
+    for part in (WeaviateStore, BatchedEmbedder):
+        monkeypatch.setattr(
+            part, "close", lambda self, close=part.close: (closed.append(self), close(self))
+        )
+
+    def unreadable(*args: Any, **kwargs: Any) -> None:
+        raise ConfigError("the screen's shipped parameters are unreadable")
+
+    monkeypatch.setattr(runtime_module, "load_guard", unreadable)
+    with pytest.raises(ConfigError, match="unreadable"):
+        build_runtime(Settings())
+    stores = [part for part in closed if isinstance(part, WeaviateStore)]
+    assert len(stores) == 1 and not stores[0].client.is_connected()
+    embedders = [part for part in closed if isinstance(part, BatchedEmbedder)]
+    assert embedders and not any(part._worker.is_alive() for part in embedders)

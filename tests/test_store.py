@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
 from store_contract import DIM, MODEL, IndexContract, embedded, write
 
 from freshkb.core.config import Settings
+from freshkb.core.errors import TransientError
 from freshkb.core.records import ExpectedDocument, SourceKind
 from freshkb.flows import tasks  # at import: Prefect sets up logging before caplog does
 from freshkb.store import server
-from freshkb.store.connection import Endpoint, endpoint
+from freshkb.store.connection import Endpoint, Liveness, connect, endpoint, server_url
 from freshkb.store.description import VersionDescription, VersionState
 from freshkb.store.state import settled_count
 from freshkb.store.weaviate_store import WeaviateStore, open_store
@@ -41,6 +43,50 @@ def test_open_store_connects_and_closes(weaviate_settings: Any) -> None:
     with open_store(weaviate_settings) as opened:
         assert opened.is_ready()
     assert not opened.client.is_connected()
+
+
+@pytest.mark.integration
+def test_a_store_of_one_server_refuses_calls_at_once_while_the_probe_says_it_is_down(
+    weaviate_settings: Any,
+) -> None:
+    # The client would retry a gRPC call to a dead server for a minute; the gate refuses it
+    # before the client is asked. Here the server is up and only the probe's address is dead,
+    # so a search that got through would have succeeded.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        unused_tcp_port = held.getsockname()[1]
+    gated = WeaviateStore(
+        connect(weaviate_settings), liveness=Liveness(f"http://127.0.0.1:{unused_tcp_port}")
+    )
+    try:
+        with pytest.raises(TransientError, match=f"127.0.0.1:{unused_tcp_port} is not answering"):
+            gated.search("returns", [1.0, 0.0, 0.0, 0.0])
+        assert not gated.is_ready()
+    finally:
+        gated.close()
+    with open_store(weaviate_settings) as opened:  # a store of one server is gated
+        assert opened._liveness is not None and opened._liveness.url.startswith(
+            server_url(weaviate_settings)
+        )
+
+
+@pytest.mark.integration
+def test_the_probe_asks_once_per_interval_and_again_after_a_failed_call(
+    weaviate_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = Liveness(server_url(weaviate_settings), interval=3600)
+    asked: list[str] = []
+    get = live._http.get
+    monkeypatch.setattr(live._http, "get", lambda url: asked.append(url) or get(url))
+    try:
+        live.check()
+        live.check()
+        assert len(asked) == 1
+        live.recheck()
+        live.check()
+        assert len(asked) == 2
+    finally:
+        live.close()
 
 
 @pytest.mark.integration
