@@ -267,12 +267,14 @@ def select_embedder(
     batch_size: int = 64,
     backend: Backend = "auto",
     cache_dir: Path | None = None,
+    threads: int | None = None,
 ) -> Embedder:
     """The process-wide embedder for a model on a backend.
 
     'auto' is ONNX Runtime (fp32) on a CPU when the model can be exported into cache_dir, else
     torch; a GPU always uses torch. 'onnx-int8' gives vectors of another model id (see
     onnx_backend.INT8_SUFFIX), so an index built with them is rebuilt on a change either way.
+    `threads`: ONNX Runtime's threads per call (default: every core this process may use).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"embedding backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -287,9 +289,8 @@ def select_embedder(
     if backend == "auto" and not exportable(load_from):
         return get_embedder(model, device, batch_size)
     try:
-        return OnnxEmbedder(
-            load_from, model_id, cache_dir, "int8" if backend == "onnx-int8" else "fp32"
-        )
+        variant: Literal["fp32", "int8"] = "int8" if backend == "onnx-int8" else "fp32"
+        return OnnxEmbedder(load_from, model_id, cache_dir, variant, threads)
     except ConfigError:
         raise
     except Exception as exc:

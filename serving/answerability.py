@@ -104,7 +104,7 @@ def gather_evidence(
     title, relevance) each, and the names no fresh source mentions (`unknown_names`)."""
     relevances = [r or 0.0 for _, r in passages]
     top = sorted(relevances, reverse=True)[:_TOP]
-    vocabulary = {stem(w) for text, _ in passages for w in _WORD.findall(text.lower())}
+    vocabulary = {stem(w) for w in {w for text, _ in passages for w in _WORD.findall(text.lower())}}
     words = key_words(question)
     missing = tuple(w for w in words if stem(w) not in vocabulary)
     return Evidence(

@@ -111,6 +111,27 @@ def test_backend_choice_follows_the_setting_and_the_device(onnx_cache: Path, tmp
     assert Settings().embedding_backend == "auto"
 
 
+@pytest.mark.timeout(120)
+def test_onnx_threads_per_call_default_to_the_cores_and_the_answer_service_uses_one(
+    onnx_cache: Path,
+):
+    from freshkb.embeddings.onnx_backend import cpu_threads
+    from freshkb.serving.runtime import QUERY_EMBED_THREADS
+
+    def threads(embedder: object) -> int:
+        assert isinstance(embedder, OnnxEmbedder)
+        return int(embedder._session.get_session_options().intra_op_num_threads)
+
+    ingest = select_embedder("all-MiniLM-L6-v2", "cpu", 64, "onnx-int8", onnx_cache)
+    assert threads(ingest) == cpu_threads()
+    query = select_embedder(
+        "all-MiniLM-L6-v2", "cpu", 64, "onnx-int8", onnx_cache, threads=QUERY_EMBED_THREADS
+    )
+    assert QUERY_EMBED_THREADS == 1 and threads(query) == 1
+    # the same vectors either way (up to the order of float sums)
+    assert np.allclose(query.embed(TEXTS[:3]), ingest.embed(TEXTS[:3]), atol=1e-5)
+
+
 def test_tokenizer_read_from_tokenizer_json_gives_transformers_ids():
     from transformers import AutoTokenizer
 
