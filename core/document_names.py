@@ -182,9 +182,15 @@ def decode(encoded: str) -> tuple[dict[str, int], int] | None:
 
 def _written_lower(name: str, texts: Sequence[str]) -> bool:
     """Whether some text holds the name in lower case, as a phrase of its own."""
-    words = r"\s+".join(re.escape(w) for w in name.lower().split())
+    lowered = name.lower().split()
+    # Each word is in the text for the phrase to be: a substring test first (most texts fail
+    # it), the pattern only where it passes (this was ~4% of the answer service's Python time).
+    held = [text for text in texts if all(word in text for word in lowered)]
+    if not held:
+        return False
+    words = r"\s+".join(re.escape(w) for w in lowered)
     phrase = re.compile(rf"(?<![\w-]){words}(?![\w-])")
-    return any(phrase.search(text) for text in texts)
+    return any(phrase.search(text) for text in held)
 
 
 @lru_cache(maxsize=4096)

@@ -330,3 +330,11 @@ def test_a_collection_from_before_names_leaves_the_order_as_it_is(
     finally:
         client.collections.delete("OldChunks")
         client.close()
+
+
+def test_a_name_is_written_lower_only_as_a_phrase_of_its_own_in_lower_case() -> None:
+    _written_lower = document_names._written_lower
+    assert _written_lower("Health Plus", ["ask about the health\n  plus option"])  # any spacing
+    assert not _written_lower("Health Plus", ["Health Plus members", "plus a health check"])
+    assert not _written_lower("Health Plus", ["the health plus-up fee", "superhealth plus"])
+    assert not _written_lower("Health Plus", [])
