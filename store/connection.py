@@ -94,8 +94,10 @@ def _connect_to_url(settings: Settings, url: str) -> weaviate.WeaviateClient:
 
 
 def server_url(settings: Settings) -> str:
-    """The HTTP address of the server freshkb uses."""
-    return (settings.weaviate_url or local_url(settings)).rstrip("/")
+    """The HTTP address of the server freshkb uses (https when WEAVIATE_URL names no scheme,
+    as a Weaviate Cloud address may)."""
+    url = (settings.weaviate_url or local_url(settings)).rstrip("/")
+    return url if "://" in url else f"https://{url}"
 
 
 class Liveness:
@@ -134,7 +136,9 @@ class Liveness:
             if time.monotonic() - self._asked_at < self.interval:
                 return
             try:
-                self._alive = self._http.get(self.url).status_code == 200
+                # Any answer below 500 is a server that is up (a proxy in front may ask for
+                # credentials, or not route the path); a 5xx is a proxy whose server is gone.
+                self._alive = self._http.get(self.url).status_code < 500
             except httpx.HTTPError:
                 self._alive = False
             self._asked_at = time.monotonic()

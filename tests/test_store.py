@@ -338,3 +338,37 @@ def test_a_count_short_after_the_wait_fails_when_chunks_are_really_missing(
     # reading back fails (a level the cluster cannot give now): the run fails and says why
     with pytest.raises(DataError, match="reading them back one by one failed"):
         _verify(monkeypatch, tmp_path, _LaggingStore([161], ["unreadable"]), weaviate_nodes=3)
+
+
+def test_the_probe_takes_any_answer_below_500_as_up_and_names_a_scheme_when_none_is_given(
+    tmp_path: Any,
+) -> None:
+    import http.server
+    import threading
+
+    status = {"code": 401}
+
+    class Answering(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answering) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        live = Liveness(f"http://127.0.0.1:{proxy.server_address[1]}", interval=0)
+        try:
+            live.check()  # a server asking for credentials is up
+            status["code"] = 503  # a proxy whose server is gone
+            with pytest.raises(TransientError, match="is not answering"):
+                live.check()
+        finally:
+            live.close()
+            proxy.shutdown()
+    cloud = Settings(weaviate_url="my-cluster.weaviate.cloud", data_dir=tmp_path)
+    assert server_url(cloud) == "https://my-cluster.weaviate.cloud"
+    assert server_url(Settings(weaviate_url="http://10.0.0.5:8080/", data_dir=tmp_path)) == (
+        "http://10.0.0.5:8080"
+    )
