@@ -106,10 +106,12 @@ class Liveness:
     The client retries a gRPC call to a server that is down for a minute (1+2+..+32 s) before
     it gives up, so an answer would wait that long to be escalated. With this gate only the
     calls in the first `interval` of an outage wait; later ones fail at once with a
-    TransientError, and a failed call has the next one ask the server again.
+    TransientError, and a failed call has the next one ask the server again. `timeout` only
+    bounds a server that does not answer at all (a refused connection fails at once): it is
+    generous, so that a slow network or a busy server is not taken for an outage.
     """
 
-    def __init__(self, url: str, interval: float = 1.0, timeout: float = 1.0):
+    def __init__(self, url: str, interval: float = 1.0, timeout: float = 3.0):
         self.url = f"{url.rstrip('/')}/v1/.well-known/live"
         self.interval = interval
         self._http = httpx.Client(timeout=timeout)
