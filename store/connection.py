@@ -61,12 +61,16 @@ def connect(settings: Settings) -> weaviate.WeaviateClient:
         return _connect_to_url(settings, settings.weaviate_url.rstrip("/"))
     except WeaviateConnectionError as exc:
         where = settings.weaviate_url or local_url(settings)
-        fix = (
-            "check WEAVIATE_URL and the API key"
-            if settings.weaviate_url
-            else "start it with `freshkb weaviate up`"
-        )
-        raise TransientError(f"cannot reach Weaviate at {where}: {exc}; {fix}") from exc
+        raise TransientError(
+            f"cannot reach Weaviate at {where}: {exc}; {unreachable_fix(settings)}"
+        ) from exc
+
+
+def unreachable_fix(settings: Settings) -> str:
+    """What to do when the server the settings name does not answer."""
+    if settings.weaviate_url:
+        return "check WEAVIATE_URL and the API key"
+    return "start it with `freshkb weaviate up`"
 
 
 def _connect_to_url(settings: Settings, url: str) -> weaviate.WeaviateClient:
@@ -111,9 +115,17 @@ class Liveness:
     generous, so that a slow network or a busy server is not taken for an outage.
     """
 
-    def __init__(self, url: str, interval: float = 1.0, timeout: float = 3.0):
-        self.url = f"{url.rstrip('/')}/v1/.well-known/live"
+    def __init__(
+        self,
+        server: str,
+        interval: float = 1.0,
+        timeout: float = 3.0,
+        fix: str = "check that Weaviate runs there",
+    ):
+        self.server = server.rstrip("/")
+        self.url = f"{self.server}/v1/.well-known/live"
         self.interval = interval
+        self.fix = fix
         self._http = httpx.Client(timeout=timeout)
         self._lock = threading.Lock()
         self._asked_at = float("-inf")
@@ -124,10 +136,7 @@ class Liveness:
         if time.monotonic() - self._asked_at >= self.interval:
             self._ask()
         if not self._alive:
-            raise TransientError(
-                f"Weaviate at {self.url.removesuffix('/v1/.well-known/live')} is not answering; "
-                "start it with `freshkb weaviate up`, or check WEAVIATE_URL"
-            )
+            raise TransientError(f"Weaviate at {self.server} is not answering; {self.fix}")
 
     def recheck(self) -> None:
         """A call failed: ask the server again before the next one."""

@@ -36,7 +36,13 @@ from freshkb.store import state as _state
 from freshkb.store import writes as _writes
 from freshkb.store.cluster import SINGLE_COPY, Replication, WeaviateNode
 from freshkb.store.collections import LiveCollections
-from freshkb.store.connection import Liveness, client_config, connect, server_url
+from freshkb.store.connection import (
+    Liveness,
+    client_config,
+    connect,
+    server_url,
+    unreachable_fix,
+)
 from freshkb.store.description import VersionDescription
 from freshkb.store.protocol import IndexVersion, SearchHit, WriteResult
 from freshkb.store.recent import RecentReads
@@ -140,7 +146,8 @@ class WeaviateStore:
             if len(nodes) > 1:
                 failover = NodeFailover(nodes)
                 return cls(failover.connect(), replication, failover)
-        return cls(connect(settings), replication, liveness=Liveness(server_url(settings)))
+        liveness = Liveness(server_url(settings), fix=unreachable_fix(settings))
+        return cls(connect(settings), replication, liveness=liveness)
 
     def _resilient(self, call: Callable[[], T]) -> T:
         """Run `call` on a live node: move off a dead one first, and repeat a call that failed

@@ -68,6 +68,7 @@ def test_a_store_of_one_server_refuses_calls_at_once_while_the_probe_says_it_is_
         assert opened._liveness is not None and opened._liveness.url.startswith(
             server_url(weaviate_settings)
         )
+        assert "freshkb weaviate up" in opened._liveness.fix  # the managed server's fix
 
 
 @pytest.mark.integration
