@@ -80,7 +80,9 @@ class Tally:
             "mean_ms": round(sum(served) / len(served) * 1000, 1) if served else 0.0,
             "p50_ms": round(percentile(served, 0.50) * 1000, 1),
             "p95_ms": round(percentile(served, 0.95) * 1000, 1),
+            "429_p50_ms": round(percentile(refused, 0.50) * 1000, 1),
             "429_p95_ms": round(percentile(refused, 0.95) * 1000, 1),
+            "429_over_1s": sum(1 for s in refused if s > 1.0),
             "modes": dict(sorted(self.modes.items())),
         }
 

@@ -8,7 +8,8 @@ queue, or one that would not drain within the wait at the pace the gate measures
 once; a wait that still runs out is 503; both with Retry-After. `AdmissionGate` does the
 same for blocking callers on threads: LLM calls (`llm_concurrency` run, the rest wait up to
 `llm_queue_seconds`, then the answer quotes the documentation instead, degraded), so a slow
-model never holds an answer hostage.
+model never holds an answer hostage. It learns the pace too: a caller who would not get a slot
+within its wait is turned away at once (the answer quotes now, instead of after the wait).
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def _queue_full(name: str, running: int, waiting: int, retry_after: int) -> Over
     )
 
 
+def _too_slow(
+    name: str, running: int, waiting: int, eta: float, wait: float, retry_after: int
+) -> Overloaded:
+    return Overloaded(
+        f"{name}: {running} running and {waiting} waiting already, about {eta:.1f}s to a slot, "
+        f"too close to the {wait:g}s wait; retry in {retry_after}s",
+        429,
+        retry_after,
+    )
+
+
+def _moving_average(previous: float | None, value: float) -> float:
+    """The gates' pace: how long a slot is held, weighted towards the latest uses."""
+    return value if previous is None else 0.8 * previous + 0.2 * value
+
+
 def _waited_too_long(name: str, waited: float, retry_after: int) -> Overloaded:
     return Overloaded(
         f"{name}: no slot free within {waited:.1f}s; retry in {retry_after}s", 503, retry_after
@@ -66,6 +83,7 @@ class AdmissionGate:
         self._slots = threading.BoundedSemaphore(self.running)
         self._lock = threading.Lock()
         self._queued = 0
+        self.held_seconds: float | None = None  # moving average of a slot's use
         self.turned_away = 0
 
     @property
@@ -79,16 +97,29 @@ class AdmissionGate:
         `wait_seconds` shortens the wait for this caller (a deadline of its own)."""
         if not self._slots.acquire(blocking=False):
             self._wait_for_slot(self.wait_seconds if wait_seconds is None else wait_seconds)
+        entered = time.monotonic()
         try:
             yield
         finally:
+            with self._lock:
+                self.held_seconds = _moving_average(self.held_seconds, time.monotonic() - entered)
             self._slots.release()
+
+    def expected_wait(self, position: int) -> float:
+        """About how long the `position`-th waiter (from 1) waits for a slot; 0 if unknown."""
+        return position * (self.held_seconds or 0.0) / self.running
 
     def _wait_for_slot(self, wait_seconds: float) -> None:
         with self._lock:
+            eta = self.expected_wait(self._queued + 1)
             if self._queued >= self.waiting:
                 self.turned_away += 1
                 raise _queue_full(self.name, self.running, self.waiting, self.retry_after)
+            if eta > PLANNED_SHARE * wait_seconds:
+                self.turned_away += 1
+                raise _too_slow(
+                    self.name, self.running, self._queued, eta, wait_seconds, self.retry_after
+                )
             self._queued += 1
         started = time.monotonic()
         try:
@@ -203,19 +234,13 @@ class AsyncAdmissionGate:
         self.turned_away += 1
         if len(self._queue) >= self.waiting:
             return _queue_full(self.name, self.running, self.waiting, self.retry_after)
-        return Overloaded(
-            f"{self.name}: {self.running} running and {len(self._queue)} waiting already, about "
-            f"{eta:.1f}s to a slot, too close to the {self.wait_seconds:g}s wait; retry in "
-            f"{self.retry_after}s",
-            429,
-            self.retry_after,
-        )
+        waiting = len(self._queue)
+        return _too_slow(self.name, self.running, waiting, eta, self.wait_seconds, self.retry_after)
 
     def _learn(self, held: float) -> None:
         """Update how long a slot is held, and refuse at once the waiters it now says would
         not get a slot within their wait (from the back: the front is served first)."""
-        previous = self.held_seconds
-        self.held_seconds = held if previous is None else 0.8 * previous + 0.2 * held
+        self.held_seconds = _moving_average(self.held_seconds, held)
         now = time.monotonic()
         while self._queue:
             last = self._queue[-1]

@@ -59,6 +59,34 @@ def test_a_wait_that_runs_out_is_503():
         pass
 
 
+def test_a_caller_the_measured_pace_cannot_serve_in_time_is_turned_away_at_once():
+    # The LLM gate: an answer that would wait out its LLM wait only to quote the documentation
+    # anyway quotes at once instead.
+    gate = AdmissionGate("llm", running=1, waiting=10, wait_seconds=1.0)
+    with gate.admit():
+        time.sleep(0.6)
+    assert gate.held_seconds == pytest.approx(0.6, abs=0.1)
+    release, entered = threading.Event(), threading.Event()
+    runner = threading.Thread(target=hold, args=(gate, release, entered))
+    runner.start()
+    assert entered.wait(5)
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as refused, gate.admit(wait_seconds=0.5):
+        pass  # ~0.6 s to a slot: over 0.8 of this caller's 0.5 s
+    assert time.monotonic() - started < 0.1, "turned away at once, not after its wait"
+    assert refused.value.status == 429 and "about 0.6s to a slot" in str(refused.value)
+    waiter_in, done = threading.Event(), threading.Event()
+    done.set()  # ~0.6 s to a slot: within 0.8 of the 1 s wait, so it waits
+    waiter = threading.Thread(target=hold, args=(gate, done, waiter_in))
+    waiter.start()
+    time.sleep(0.1)
+    release.set()
+    assert waiter_in.wait(5), "a caller the pace serves in time waited and got the slot"
+    runner.join(5)
+    waiter.join(5)
+    assert gate.turned_away == 1
+
+
 def test_slots_are_released_when_the_block_raises():
     gate = AdmissionGate("answers", running=1, waiting=0, wait_seconds=1)
     with pytest.raises(ValueError), gate.admit():

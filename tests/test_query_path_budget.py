@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from reliability.faulty_llm import FaultyLLM, faulty_llm_server
@@ -67,3 +68,28 @@ def test_a_reply_within_the_budget_is_served(
         completion = answerer.answer("Can I return unworn boots?", PASSAGES)
     assert completion.text and answerer.outcomes["ok"] == 1
     assert answerer.call_seconds is not None  # the pace the next budget is judged by
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_the_busy_llm_cannot_take_in_time_quotes_at_once(
+    slow_llm: tuple[FaultyLLM, OpenAICompatibleAnswerer],
+) -> None:
+    # One call slot, calls of about 1.5 s: a second answer would wait 1.5 s for the slot, more
+    # than 0.8 of the 1 s it may wait, so it is told at once, not after waiting it out.
+    llm, _ = slow_llm
+    llm.mode, llm.delay = "slow", 1.5
+    answerer = OpenAICompatibleAnswerer(
+        Settings(llm_base_url=llm.base_url, llm_concurrency=1, llm_queue_seconds=1.0)
+    )
+    try:
+        answerer.answer("Can I return unworn boots?", PASSAGES)  # learns the pace
+        first = ThreadPoolExecutor(1).submit(answerer.answer, "Can I return boots?", PASSAGES)
+        time.sleep(0.3)  # the first call holds the only slot now
+        started = time.monotonic()
+        with pytest.raises(LLMUnavailable, match=r"LLM busy.*to a slot"):
+            answerer.answer("And worn boots?", PASSAGES)
+        assert time.monotonic() - started < 0.3, "quoted at once, not after a 1 s wait"
+        assert first.result(10).text and answerer.outcomes["busy"] == 1
+        assert llm.completions == 2
+    finally:
+        answerer.close()
