@@ -64,7 +64,6 @@ class DocumentFolderLoader:
 
     def load(self, progress: ProgressCallback | None = None) -> LoadResult:
         """Partition every included file; failures are collected, never raised."""
-        install_offline_spacy_model()
         pooled = PooledFiles(
             wants=self._needs_partition,
             # a loader without `indexed` goes to the workers: each job ships it
@@ -235,6 +234,7 @@ def _check_pdf(data: bytes) -> None:
 def _partition_binary(
     fmt: str, path: Path, data: bytes, source: DocumentSourceConfig
 ) -> list[Section]:
+    install_offline_spacy_model()  # here, not per run: unchanged files never import spaCy
     if fmt == "pdf":
         _check_pdf(data)
         from unstructured.partition.pdf import partition_pdf
@@ -252,6 +252,7 @@ def _partition_binary(
 
 
 def _partition_text(fmt: str, text: str) -> list[Section]:
+    install_offline_spacy_model()
     if fmt == "markdown":
         from unstructured.partition.md import partition_md
 

@@ -168,6 +168,54 @@ def test_offline_spacy_model_replaces_the_downloading_loader():
     assert tokenize.sent_tokenize("One sentence. Another one.") == ["One sentence.", "Another one."]
 
 
+IMPORTS_PROBE = """
+import sys
+from pathlib import Path
+from freshkb.core import ids
+from freshkb.core.records import SourceKind
+from freshkb.core.sources import parse_source
+from freshkb.loaders import loader_for
+
+folder = Path(sys.argv[1])
+source = parse_source({"name": "docs", "kind": SourceKind.DOCUMENTS, "location": str(folder)})
+old = folder / "old.md"
+indexed = {ids.document_id("docs", "old.md"): ids.content_hash(old.read_bytes())}
+(folder / "new.md").rename(folder / "new.later")
+reused = loader_for(source, indexed).load()
+print("unchanged", len(reused.documents), "spacy" in sys.modules)
+(folder / "new.later").rename(folder / "new.md")
+loaded = loader_for(source, indexed).load()
+import thinc.compat
+from unstructured.nlp import tokenize
+print("changed", len(loaded.documents), "spacy" in sys.modules, "torch" in sys.modules,
+      thinc.compat.has_torch, tokenize.sent_tokenize("One sentence. Another one."))
+import torch
+print("torch", bool(torch.__version__))
+"""
+
+
+def test_unchanged_files_import_no_spacy_and_spacy_loads_without_torch(tmp_path):
+    # In a process of its own: this one has imported spaCy and torch already. An unchanged
+    # run reuses its files without importing spaCy (5 s), and a run that partitions imports
+    # it without thinc's torch (3.5 s); torch itself still imports for whoever wants it.
+    import subprocess
+    import sys
+
+    (tmp_path / "old.md").write_text("# Returns\n\nUnworn boots may be returned in 30 days.\n")
+    (tmp_path / "new.md").write_text("# Repairs\n\nWe repair zips for free. Send them in.\n")
+    probe = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    lines = probe.stdout.splitlines()
+    assert lines[0] == "unchanged 1 False", probe.stdout
+    assert lines[1] == "changed 2 True False False ['One sentence.', 'Another one.']", lines
+    assert lines[2] == "torch True"
+
+
 def test_missing_spacy_model_is_a_clear_config_error(monkeypatch):
     import importlib
 
