@@ -110,7 +110,8 @@ class Liveness:
     The client retries a gRPC call to a server that is down for a minute (1+2+..+32 s) before
     it gives up, so an answer would wait that long to be escalated. With this gate only the
     calls in the first `interval` of an outage wait; later ones fail at once with a
-    TransientError, and a failed call has the next one ask the server again. `timeout` only
+    TransientError, and a failed call has the next one ask the server again (an `interval` of 0
+    asks before every call, as the managed cluster's failover does). `timeout` only
     bounds a server that does not answer at all (a refused connection fails at once): it is
     generous, so that a slow network or a busy server is not taken for an outage.
     """
@@ -131,11 +132,15 @@ class Liveness:
         self._asked_at = float("-inf")
         self._alive = True
 
-    def check(self) -> None:
-        """Return when the server was up at the last probe; TransientError when it was not."""
+    def is_up(self) -> bool:
+        """Whether the server was up at the last probe (asked now when that is due)."""
         if time.monotonic() - self._asked_at >= self.interval:
             self._ask()
-        if not self._alive:
+        return self._alive
+
+    def check(self) -> None:
+        """Return when the server was up at the last probe; TransientError when it was not."""
+        if not self.is_up():
             raise TransientError(f"Weaviate at {self.server} is not answering; {self.fix}")
 
     def recheck(self) -> None:
@@ -143,8 +148,9 @@ class Liveness:
         self._asked_at = float("-inf")
 
     def _ask(self) -> None:
+        wanted = time.monotonic()
         with self._lock:  # one probe at a time; threads that waited use its verdict
-            if time.monotonic() - self._asked_at < self.interval:
+            if self._asked_at >= wanted or time.monotonic() - self._asked_at < self.interval:
                 return
             try:
                 # Any answer below 500 is a server that is up (a proxy in front may ask for

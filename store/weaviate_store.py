@@ -12,7 +12,8 @@ died is repeated once on the next node (every call here is safe to repeat: write
 idempotent). Without the probe a dead node costs a minute: the client retries an unavailable
 gRPC node with backoff (1+2+..+32 s). A multi-host cluster sits behind a load balancer instead
 (WEAVIATE_URL), which does the same for every client. A store of one server probes it at most
-once a second instead (connection.Liveness): while it is down, calls fail at once.
+once a second instead: while it is down, calls fail at once. Both ask by the same rule
+(connection.Liveness: any answer below 500 is a server that is up).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TypeVar
 
-import httpx
 import weaviate
 from weaviate.collections import Collection
 from weaviate.exceptions import WeaviateBaseError
@@ -82,15 +82,19 @@ class NodeFailover:
     def __init__(self, nodes: Sequence[WeaviateNode], probe_timeout: float = 0.5):
         self.nodes = list(nodes)
         self.current = self.nodes[0]
-        self.probe_timeout = probe_timeout
+        # Asked before every call (interval 0), by the rule a single server's gate uses.
+        self._probes = {
+            node.name: Liveness(node.url, interval=0.0, timeout=probe_timeout) for node in nodes
+        }
 
     def alive(self) -> bool:
         """True when the node in use answers its liveness probe."""
-        try:
-            url = f"{self.current.url}/v1/.well-known/live"
-            return httpx.get(url, timeout=self.probe_timeout).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self._probes[self.current.name].is_up()
+
+    def close(self) -> None:
+        """Release the probes' connections."""
+        for probe in self._probes.values():
+            probe.close()
 
     def connect(self) -> weaviate.WeaviateClient:
         """A client of the first node (from the one in use on) that accepts a connection."""
@@ -198,6 +202,8 @@ class WeaviateStore:
         self.client.close()
         if self._liveness is not None:
             self._liveness.close()
+        if self._failover is not None:
+            self._failover.close()
 
     # -- schema and versions --------------------------------------------------------------
 

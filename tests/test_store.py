@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -341,17 +343,17 @@ def test_a_count_short_after_the_wait_fails_when_chunks_are_really_missing(
         _verify(monkeypatch, tmp_path, _LaggingStore([161], ["unreadable"]), weaviate_nodes=3)
 
 
-def test_the_probe_takes_any_answer_below_500_as_up_and_names_a_scheme_when_none_is_given(
-    tmp_path: Any,
-) -> None:
+@contextlib.contextmanager
+def answering_server(answer: dict[str, int]) -> Iterator[int]:
+    """A local HTTP server answering every GET with the status `answer["code"]`, counting them
+    in `answer["count"]`; yields its port."""
     import http.server
     import threading
 
-    status = {"code": 401}
-
     class Answering(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(status["code"])
+            answer["count"] = answer.get("count", 0) + 1
+            self.send_response(answer["code"])
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
@@ -359,7 +361,18 @@ def test_the_probe_takes_any_answer_below_500_as_up_and_names_a_scheme_when_none
 
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answering) as proxy:
         threading.Thread(target=proxy.serve_forever, daemon=True).start()
-        live = Liveness(f"http://127.0.0.1:{proxy.server_address[1]}", interval=0)
+        try:
+            yield proxy.server_address[1]
+        finally:
+            proxy.shutdown()
+
+
+def test_the_probe_takes_any_answer_below_500_as_up_and_names_a_scheme_when_none_is_given(
+    tmp_path: Any,
+) -> None:
+    status = {"code": 401}
+    with answering_server(status) as port:
+        live = Liveness(f"http://127.0.0.1:{port}", interval=0)
         try:
             live.check()  # a server asking for credentials is up
             status["code"] = 503  # a proxy whose server is gone
@@ -367,9 +380,27 @@ def test_the_probe_takes_any_answer_below_500_as_up_and_names_a_scheme_when_none
                 live.check()
         finally:
             live.close()
-            proxy.shutdown()
     cloud = Settings(weaviate_url="my-cluster.weaviate.cloud", data_dir=tmp_path)
     assert server_url(cloud) == "https://my-cluster.weaviate.cloud"
     assert server_url(Settings(weaviate_url="http://10.0.0.5:8080/", data_dir=tmp_path)) == (
         "http://10.0.0.5:8080"
     )
+
+
+def test_the_cluster_failover_probes_its_node_before_every_call_by_the_same_rule(
+    tmp_path: Any,
+) -> None:
+    from freshkb.store.cluster import WeaviateNode
+    from freshkb.store.weaviate_store import NodeFailover
+
+    asked = {"count": 0, "code": 401}
+    with answering_server(asked) as port:
+        node = WeaviateNode(0, "freshkb-node1", port, 1, 2, 3, 4, 5, tmp_path / "node1")
+        failover = NodeFailover([node])
+        try:
+            assert failover.alive() and failover.alive()  # a 401 is up, as for one server
+            assert asked["count"] == 2, "asked before every call, not once a second"
+            asked["code"] = 503
+            assert not failover.alive()
+        finally:
+            failover.close()
