@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fixtures_files import shared_dir
+from process_tree import processes_with, wait_until_gone
 from weaviate.exceptions import WeaviateBaseError
 
 from freshkb.core.config import Settings
@@ -383,9 +384,15 @@ def test_killed_ingest_rerun_converges_without_duplicates(
                     pass  # tenant not created yet
             time.sleep(0.02)
     finally:
-        # The whole process group: the CLI and the Prefect server it started.
+        # The whole process group: the CLI and whatever it started in its own group. No exit
+        # handler runs, so the Prefect server it started in a session of its own must stop by
+        # itself (core/parent_bound.py).
+        server = processes_with(f"PREFECT_HOME={env['PREFECT_HOME']}", "create_app")
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
+    assert server, "the run had started its temporary Prefect server"
+    left = wait_until_gone(f"PREFECT_HOME={env['PREFECT_HOME']}", "create_app")
+    assert left == [], "the killed run's Prefect server lives on"
     partial = store.count(SourceKind.CUSTOMERS)
     assert 0 < partial < 1500, f"kill did not land mid-write ({partial} objects)"
 

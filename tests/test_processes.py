@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from process_tree import processes_with, wait_until_gone
 
 from freshkb.core.errors import TransientError
 from freshkb.core.processes import ManagedProcess
@@ -59,3 +61,40 @@ def test_exit_during_start_up_raises_with_the_log_tail(tmp_path: Path) -> None:
     with pytest.raises(TransientError, match=r"(?s)server exited with code 3.*bad flag --x"):
         process.wait_ready(popen, lambda: False, 30, name="server")
     assert not process.pid_file.exists()
+
+
+# A command that starts a parent-bound child (a real HTTP server) and then waits to be killed.
+PARENT = """
+import os, subprocess, sys, time
+from freshkb.core.parent_bound import PARENT_VARIABLE
+child = subprocess.Popen(
+    [sys.executable, "-m", "freshkb.core.parent_bound", "http.server", "0", "--bind", "127.0.0.1"],
+    env={**os.environ, PARENT_VARIABLE: str(os.getpid())},
+    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_parent_bound_server_stops_when_the_command_that_started_it_is_killed() -> None:
+    import signal
+    import subprocess
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        time.sleep(1.5)  # the child runs its module, its watcher started
+        assert processes_with(bound_to(parent.pid)) == [child], "it runs while its parent does"
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)  # no exit handler runs
+        parent.wait(10)
+    assert wait_until_gone(bound_to(parent.pid)) == [], "the orphaned server stopped by itself"
+
+
+def bound_to(parent: int) -> str:
+    """The environment entry of a process started bound to `parent`."""
+    from freshkb.core.parent_bound import PARENT_VARIABLE
+
+    return f"{PARENT_VARIABLE}={parent}"

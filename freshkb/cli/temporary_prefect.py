@@ -27,6 +27,7 @@ from pathlib import Path
 
 from freshkb.core.config import TEMPORARY_PREFECT_MARKER as MARKER
 from freshkb.core.errors import TransientError
+from freshkb.core.parent_bound import PARENT_VARIABLE
 from freshkb.core.processes import ManagedProcess
 
 HOST = "127.0.0.1"
@@ -111,7 +112,9 @@ def on_temporary_server(timeout: float) -> Iterator[str | None]:
 
 
 def _spawn(port: int) -> TemporaryServer:
-    command = [sys.executable, "-m", "uvicorn", "--factory"]
+    # Bound to this process: a command killed outright (SIGKILL) runs no exit handler, and the
+    # server, in a session of its own, would otherwise outlive it (core/parent_bound.py).
+    command = [sys.executable, "-m", "freshkb.core.parent_bound", "uvicorn", "--factory"]
     command += ["prefect.server.api.server:create_app", "--host", HOST, "--port", str(port)]
     command += ["--log-level", "error", "--lifespan", "on"]
     return _run(command, port)
@@ -121,7 +124,8 @@ def _run(command: list[str], port: int) -> TemporaryServer:
     """`command` started as a managed process (core/processes.py) in a folder of its own."""
     folder = Path(tempfile.mkdtemp(prefix="freshkb-prefect-"))
     managed = ManagedProcess(folder / "server.pid", folder / "server.log")
-    return TemporaryServer(managed, managed.start(command, {**os.environ, **_SETTINGS}), port)
+    env = {**os.environ, **_SETTINGS, PARENT_VARIABLE: str(os.getpid())}
+    return TemporaryServer(managed, managed.start(command, env), port)
 
 
 def _await(server: TemporaryServer, timeout: float) -> TemporaryServer:
