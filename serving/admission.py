@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -59,11 +59,6 @@ def _too_slow(
     )
 
 
-def _moving_average(previous: float | None, value: float) -> float:
-    """The gates' pace: how long a slot is held, weighted towards the latest uses."""
-    return value if previous is None else 0.8 * previous + 0.2 * value
-
-
 def _waited_too_long(name: str, waited: float, retry_after: int) -> Overloaded:
     return Overloaded(
         f"{name}: no slot free within {waited:.1f}s; retry in {retry_after}s", 503, retry_after
@@ -71,25 +66,40 @@ def _waited_too_long(name: str, waited: float, retry_after: int) -> Overloaded:
 
 
 @dataclass
-class AdmissionGate:
-    """Lets `running` callers in at once and `waiting` more wait up to `wait_seconds`."""
+class PacedGate:
+    """What both gates share: their sizes, and the pace they learn (how long a slot is held)."""
 
     name: str
     running: int
     waiting: int
     wait_seconds: float
-
-    def __post_init__(self) -> None:
-        self._slots = threading.BoundedSemaphore(self.running)
-        self._lock = threading.Lock()
-        self._queued = 0
-        self.held_seconds: float | None = None  # moving average of a slot's use
-        self.turned_away = 0
+    # how long a slot is held, a moving average (None until a slot was used)
+    held_seconds: float | None = field(default=None, init=False, compare=False)
+    turned_away: int = field(default=0, init=False, compare=False)
 
     @property
     def retry_after(self) -> int:
         """Seconds a turned-away caller should wait: about one queue's worth of work."""
         return max(1, round(self.wait_seconds))
+
+    def expected_wait(self, position: int) -> float:
+        """About how long the `position`-th waiter (from 1) waits for a slot; 0 if unknown."""
+        return position * (self.held_seconds or 0.0) / self.running
+
+    def _learn_pace(self, held: float) -> None:
+        """Fold one slot's use into the pace, weighted towards the latest uses."""
+        previous = self.held_seconds
+        self.held_seconds = held if previous is None else 0.8 * previous + 0.2 * held
+
+
+@dataclass
+class AdmissionGate(PacedGate):
+    """Lets `running` callers in at once and `waiting` more wait up to `wait_seconds`."""
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.running)
+        self._lock = threading.Lock()
+        self._queued = 0
 
     @contextmanager
     def admit(self, wait_seconds: float | None = None) -> Iterator[None]:
@@ -102,12 +112,8 @@ class AdmissionGate:
             yield
         finally:
             with self._lock:
-                self.held_seconds = _moving_average(self.held_seconds, time.monotonic() - entered)
+                self._learn_pace(time.monotonic() - entered)
             self._slots.release()
-
-    def expected_wait(self, position: int) -> float:
-        """About how long the `position`-th waiter (from 1) waits for a slot; 0 if unknown."""
-        return position * (self.held_seconds or 0.0) / self.running
 
     def _wait_for_slot(self, wait_seconds: float) -> None:
         with self._lock:
@@ -142,7 +148,7 @@ class _Waiter:
 
 
 @dataclass
-class AsyncAdmissionGate:
+class AsyncAdmissionGate(PacedGate):
     """The same gate for the event loop: admission costs no thread, refusal no wait.
 
     Waiters are served first come, first served. The gate learns how long a slot is held (a
@@ -152,27 +158,15 @@ class AsyncAdmissionGate:
     with `anyio.to_thread.run_sync(..., limiter=gate.limiter)`: as many threads as slots, so
     other routes never wait behind it in the shared thread pool. One gate, one event loop."""
 
-    name: str
-    running: int
-    waiting: int
-    wait_seconds: float
-
     def __post_init__(self) -> None:
         self.limiter = anyio.CapacityLimiter(self.running)
         self._busy = 0
         self._queue: deque[_Waiter] = deque()
-        self.held_seconds: float | None = None  # moving average of a slot's use
-        self.turned_away = 0
 
     @classmethod
-    def sized_as(cls, gate: AdmissionGate | AsyncAdmissionGate, name: str) -> AsyncAdmissionGate:
+    def sized_as(cls, gate: PacedGate, name: str) -> AsyncAdmissionGate:
         """A gate of its own with the sizes of `gate`."""
         return cls(name, gate.running, gate.waiting, gate.wait_seconds)
-
-    @property
-    def retry_after(self) -> int:
-        """Seconds a turned-away caller should wait: about one queue's worth of work."""
-        return max(1, round(self.wait_seconds))
 
     @property
     def busy(self) -> int:
@@ -183,10 +177,6 @@ class AsyncAdmissionGate:
     def queued(self) -> int:
         """Callers waiting for a slot now."""
         return len(self._queue)
-
-    def expected_wait(self, position: int) -> float:
-        """About how long the `position`-th waiter (from 1) waits for a slot; 0 if unknown."""
-        return position * (self.held_seconds or 0.0) / self.running
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
@@ -240,7 +230,7 @@ class AsyncAdmissionGate:
     def _learn(self, held: float) -> None:
         """Update how long a slot is held, and refuse at once the waiters it now says would
         not get a slot within their wait (from the back: the front is served first)."""
-        self.held_seconds = _moving_average(self.held_seconds, held)
+        self._learn_pace(held)
         now = time.monotonic()
         while self._queue:
             last = self._queue[-1]
