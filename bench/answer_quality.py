@@ -58,8 +58,13 @@ def main() -> int:
     http, grpc = (int(port) for port in args.ports.split(","))
     with tempfile.TemporaryDirectory(prefix="freshkb-quality-") as work:
         use_throwaway_environment(Path(work))
+        from freshkb.cli.temporary_prefect import start_temporary_server
         from freshkb.core.config import Settings
         from freshkb.evaluation.harness import EvalOptions, run_evaluation
+
+        # as `freshkb eval` does: Prefect's own ephemeral server gives up after 20 s on a busy
+        # machine, freshkb's temporary one waits for it (cli/temporary_prefect.py)
+        start_temporary_server()
 
         options = EvalOptions(
             cases_dir=shared / "eval" / "dev",

@@ -97,10 +97,12 @@ class Chunk:
 
 @dataclass(frozen=True)
 class EmbeddedChunk:
-    """A chunk together with its vector."""
+    """A chunk together with its vector, and its passages' vectors (embeddings/passages.py:
+    base64 float16 rows; "" for none)."""
 
     chunk: Chunk
     vector: tuple[float, ...]
+    passages: str = ""
 
 
 @dataclass(frozen=True)

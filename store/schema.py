@@ -121,6 +121,7 @@ def collection_properties(kind: SourceKind) -> list[Property]:
         _stored("model_id"),
         _stored("injection_reason"),
         _stored("document_names"),
+        _stored("passage_vectors", DataType.BLOB),  # embeddings/passages.py, for re-ranking
     ]
     if kind is SourceKind.CUSTOMERS:
         props.append(_filterable("customer_id"))

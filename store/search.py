@@ -16,6 +16,7 @@ from weaviate.exceptions import WeaviateBaseError
 from freshkb.core import document_names
 from freshkb.core.errors import TransientError
 from freshkb.core.records import SourceKind
+from freshkb.embeddings.passages import best_similarity
 from freshkb.store.collections import LiveCollections
 from freshkb.store.protocol import SearchHit
 from freshkb.store.recent import RecentNames, RecentReads, RecentVectors
@@ -42,6 +43,7 @@ _RETURNED = (
     "injection_reason",
     "chunk_hash",  # with model_id, the key of the chunk's vector in RecentVectors
     "model_id",
+    "passage_vectors",  # the order of the candidates (by_passages), never a hit's
 )
 
 Candidate = tuple[Object, SourceKind]
@@ -67,8 +69,9 @@ def search(
     the answer path uses to tell "nothing here answers this". With `sources`, only chunks of
     those sources are searched (the answer path passes the fresh ones). A page whose document
     uses a name of the question far less than another candidate's does goes after the others
-    (`named_first`). Documents' names and chunks' vectors read before come from `recent`
-    (store/recent.py) instead of Weaviate.
+    (`named_first`). Before that, pages are ordered by their fused score plus the best cosine of
+    one of their passages with the question (`by_passages`). Documents' names and chunks'
+    vectors read before come from `recent` (store/recent.py) instead of Weaviate.
     """
     if sources is not None and not sources:
         return []
@@ -92,7 +95,8 @@ def search(
             )
             found += [(obj, kind) for obj in response.objects]
         found.sort(key=lambda candidate: _score(candidate[0]), reverse=True)
-        kept = named_first(query, best_per_page(found), dict(targets), recent.names)[:k]
+        pages = by_passages(vector, best_per_page(found))
+        kept = named_first(query, pages, dict(targets), recent.names)[:k]
         # Vectors only for the hits kept: most of a query's cost is reading vectors.
         vectors = _vectors(dict(targets), kept, recent.vectors)
     return [_hit(obj, kind, vector, vectors.get(str(obj.uuid))) for obj, kind in kept]
@@ -233,6 +237,25 @@ def best_per_page(found: Sequence[Candidate]) -> list[Candidate]:
             seen.add(key)
             kept.append((obj, kind))
     return kept
+
+
+def by_passages(query_vector: Sequence[float], found: Sequence[Candidate]) -> list[Candidate]:
+    """`found` ordered by fused score plus the highest cosine of one of a candidate's passages
+    with the query (embeddings/passages.py): a page one sentence of which answers the question
+    goes before a page that is about its topic throughout. Scores in [0, 1] and cosines are
+    added as they are: no weight to tune. When a candidate has no passage vectors (an object
+    written by an older freshkb, until its document is embedded again), `found` stays as it is:
+    a sum over some candidates only would rank by which were rewritten."""
+    best = [
+        best_similarity(query_vector, str(obj.properties.get("passage_vectors") or ""))
+        for obj, _ in found
+    ]
+    if any(similarity is None for similarity in best):
+        return list(found)
+    sums = [
+        _score(obj) + (similarity or 0.0) for (obj, _), similarity in zip(found, best, strict=True)
+    ]
+    return [found[i] for i in sorted(range(len(found)), key=lambda i: -sums[i])]
 
 
 def named_first(

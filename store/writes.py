@@ -154,6 +154,8 @@ def object_properties(
         "injection_reason": chunk.injection_reason,
         "document_names": chunk.document_names,
     }
+    if item.passages:
+        props["passage_vectors"] = item.passages
     if chunk.kind is SourceKind.CUSTOMERS:
         props["customer_id"] = chunk.customer_id
     return props

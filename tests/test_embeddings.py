@@ -22,6 +22,7 @@ from freshkb.embeddings.embedder import (
     resolve_device,
     resolve_model,
 )
+from freshkb.embeddings.passages import chunk_passages
 
 
 def make_document(sections: list[Section], title: str = "Handbook") -> LoadedDocument:
@@ -145,12 +146,19 @@ def test_unchanged_chunks_are_never_embedded_twice(tmp_path):
     cache = VectorCache(tmp_path / "cache.sqlite3")
     embedder = CountingEmbedder(get_embedder("all-MiniLM-L6-v2", "cpu", 16))
     first, stats = embed_chunks(chunks, embedder, cache)
-    assert stats.computed == len(chunks) == embedder.embedded
+    assert stats.computed == len(chunks) and stats.passages > 0
+    assert embedder.embedded == len(chunks) + stats.passages  # chunks, then their passages
     second, stats = embed_chunks(chunks, embedder, VectorCache(tmp_path / "cache.sqlite3"))
-    assert stats.computed == 0 and stats.cached == len(chunks)
-    assert embedder.embedded == len(chunks)
+    assert stats.computed == 0 and stats.cached == len(chunks) and stats.passages == 0
+    assert embedder.embedded == len(chunks) + first_passages(first)
     # float32 in the model and in the cache: the cached vector is bit-identical
     assert [e.vector for e in first] == [e.vector for e in second]
+    assert [e.passages for e in first] == [e.passages for e in second]
+
+
+def first_passages(embedded: list) -> int:
+    """How many distinct passages the chunks have (what the first run embedded)."""
+    return len({p for e in embedded for p in chunk_passages(e.chunk.text)})
 
 
 def test_cache_is_keyed_by_model(tmp_path):
