@@ -75,6 +75,19 @@ def best_similarity(query: Sequence[float], blob: str) -> float | None:
     return float(np.max(rows @ q)) / norm if norm else None
 
 
+def cached_vectors(cache: VectorCache) -> Callable[[Sequence[str], str], dict[str, list[float]]]:
+    """A lookup of passages' vectors under a model id in the vector cache (what
+    `embed_passages` put there): the injection screen judges a chunk's passages from the
+    vectors made for search when its detector runs on the same model, instead of embedding
+    them again (screening/guard.py InjectionGuard.inspect_documents)."""
+
+    def lookup(passages: Sequence[str], model_id: str) -> dict[str, list[float]]:
+        keys = {passage_key(p): p for p in passages}
+        return {keys[key]: v for key, v in cache.get_many(keys, model_id).items()}
+
+    return lookup
+
+
 def embed_passages(
     chunks: Sequence[Chunk],
     vectors: Mapping[str, Sequence[float]],

@@ -1,7 +1,7 @@
 """Prefect flows: ingest one source, or all of them.
 
 ingest: load -> plan -> gate (mass-deletion breaker, Great Expectations) -> per batch of
-documents: chunk -> screen -> embed -> upsert; then delete -> verify. Nothing is written unless
+documents: chunk -> embed -> screen -> upsert; then delete -> verify. Nothing is written unless
 the gate passes for the whole plan, and only a run that passes the gate and the post-write count
 check moves the source's last successful sync in the freshness ledger. The batches run as one
 task each, submitted to the task runner the settings choose (threads, or a Dask cluster), at
@@ -310,7 +310,7 @@ def batch_parameters(
 def write_batch_task(
     run: IngestRun, model: ModelInfo, policy: ChunkingPolicy, batch: WriteBatch
 ) -> BatchOutcome:
-    """Chunk, screen, embed and upsert one batch; its chunks and vectors die with the call.
+    """Chunk, embed, screen and upsert one batch; its chunks and vectors die with the call.
 
     One task per batch, its stages called inside it rather than as tasks of their own: a task
     run costs Prefect bookkeeping (and a process hop on Dask), worth paying per batch, never
@@ -321,13 +321,15 @@ def write_batch_task(
     settings = run.settings
     with timed(timings, "chunk"):
         chunks = run_inline(chunk_task, batch.documents, policy)
-    with timed(timings, "screen"):
-        chunks = run_inline(screen_task, settings, chunks) if chunks else []
-    outcome.flagged = sum(1 for chunk in chunks if chunk.injection_reason)
     with timed(timings, "embed"):
         embedded, stats = (
             run_inline(embed_task, settings, chunks) if chunks else ([], EmbedStats(0, 0))
         )
+    # Screened after embedding: the screen judges the passages from the vectors just made.
+    with timed(timings, "screen"):
+        screened = run_inline(screen_task, settings, chunks) if chunks else []
+    embedded = [replace(e, chunk=c) for e, c in zip(embedded, screened, strict=True)]
+    outcome.flagged = sum(1 for chunk in screened if chunk.injection_reason)
     outcome.computed, outcome.cached = stats.computed, stats.cached
     outcome.embedded = len(embedded)
     outcome.chunk_counts = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}

@@ -38,6 +38,7 @@ from freshkb.embeddings.cache import open_vector_cache
 from freshkb.embeddings.chunking import ChunkingPolicy, chunk_documents
 from freshkb.embeddings.embed import EmbedStats, embed_chunks
 from freshkb.embeddings.embedder import Embedder, select_embedder, settings_for_index
+from freshkb.embeddings.passages import cached_vectors
 from freshkb.loaders import loader_for
 from freshkb.screening import load_guard
 from freshkb.screening.verdict_cache import open_verdict_cache, screen_documents
@@ -222,11 +223,15 @@ def screen_task(settings: Settings, chunks: list[Chunk]) -> list[Chunk]:
     answer path never puts them in front of the LLM.
     """
     guard = load_guard(cache_dir=settings.cache_dir)  # its own bundled model, any index model
-    cache = open_verdict_cache(settings)
+    cache, vectors = open_verdict_cache(settings), open_vector_cache(settings)
     try:
-        verdicts = screen_documents(guard, [chunk.text for chunk in chunks], cache)
+        # Run after the embed stage, the passages' vectors are in the vector cache when the
+        # index's model is the detector's (the default): none is embedded twice.
+        known = cached_vectors(vectors)
+        verdicts = screen_documents(guard, [chunk.text for chunk in chunks], cache, None, known)
     finally:
         cache.close()
+        vectors.close()
     return [
         replace(chunk, injection_reason="; ".join(verdict.reasons)[:2000])
         if verdict.flagged

@@ -10,7 +10,7 @@ attack on extrapolation alone; a detector without exemplars has no such check.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,11 +82,23 @@ class ExemplarDetector:
         self._embedder = embedder
         self.parameters = parameters
 
-    def score(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per text: the attack probability, and the neighbour margin (attack minus benign)."""
+    @property
+    def model_id(self) -> str:
+        """The embedding model (and precision) whose vectors this detector judges."""
+        return self._embedder.model_id
+
+    def score(
+        self, texts: Sequence[str], known: Mapping[str, Sequence[float]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: the attack probability, and the neighbour margin (attack minus benign).
+        Texts in `known` (vectors of this detector's model, made by another step) are not
+        embedded again."""
         if not texts:
             return np.zeros(0), np.zeros(0)
-        vectors = np.asarray(self._embedder.embed(list(texts)), dtype=np.float64)
+        known = known or {}
+        todo = [t for t in texts if t not in known]
+        fresh = dict(zip(todo, self._embedder.embed(todo), strict=True)) if todo else {}
+        vectors = np.asarray([known.get(t, fresh.get(t)) for t in texts], dtype=np.float64)
         return score_vectors(self.parameters, vectors)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,10 @@ def document_key(fitted_key: str, prefilter_key: str = "no prefilter") -> str:
     return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()
 
 
+# Vectors some passages already have under a model id: (passages, model id) -> {passage: vector}.
+KnownVectors = Callable[[Sequence[str], str], Mapping[str, Sequence[float]]]
+
+
 class InjectionGuard:
     """Screens customer questions and retrieved texts for prompt injection."""
 
@@ -118,13 +122,17 @@ class InjectionGuard:
         """Whether one document chunk or customer record carries instructions for the AI."""
         return self.inspect_documents([text])[0]
 
-    def inspect_documents(self, texts: Sequence[str]) -> list[DocumentVerdict]:
-        """One verdict per document text, embedding all their passages in one batch."""
+    def inspect_documents(
+        self, texts: Sequence[str], known: KnownVectors | None = None
+    ) -> list[DocumentVerdict]:
+        """One verdict per document text, embedding all their passages in one batch; `known`
+        gives the vectors of the detector's model another step already made for some passages
+        (the embed stage's passage vectors), which are not embedded again."""
         passages = [_document_passages(text) for text in texts]
         # Each distinct passage is matched once: the prefilter and the verdict both read it.
         rules = self.rules.document_rules
         matches = {p: match_rules(p, rules) for group in passages for p in group}
-        scores = self._score_passages(passages, matches)
+        scores = self._score_passages(passages, matches, known)
         return [self._document_verdict(group, scores, matches) for group in passages]
 
     def _question_verdict(
@@ -154,7 +162,10 @@ class InjectionGuard:
         return matches
 
     def _score_passages(
-        self, passages: list[list[str]], matches: dict[str, tuple[RuleMatch, ...]]
+        self,
+        passages: list[list[str]],
+        matches: dict[str, tuple[RuleMatch, ...]],
+        known: KnownVectors | None = None,
     ) -> dict[str, Scores]:
         """Detector scores of every passage long enough to judge that the prefilter passes or
         a rule matches; a passage without scores counts as clean (a document's score is then the
@@ -171,7 +182,8 @@ class InjectionGuard:
         if self.prefilter is not None:  # a weak rule's match needs the detector's view
             passes = self.prefilter.passes(scored)
             scored = [p for p, ok in zip(scored, passes, strict=True) if ok or matches[p]]
-        probabilities, margins = self.documents.score(scored)
+        vectors = known(scored, self.documents.model_id) if known and scored else {}
+        probabilities, margins = self.documents.score(scored, vectors)
         return {
             p: (float(prob), float(margin))
             for p, prob, margin in zip(scored, probabilities, margins, strict=True)

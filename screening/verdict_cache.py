@@ -23,7 +23,7 @@ from freshkb.core.config import Settings
 from freshkb.core.ids import content_hash
 from freshkb.core.keyed_blobs import KeyedBlobs
 from freshkb.core.sql import display_url, sqlite_url
-from freshkb.screening.guard import InjectionGuard
+from freshkb.screening.guard import InjectionGuard, KnownVectors
 from freshkb.screening.rules import RuleMatch
 from freshkb.screening.verdicts import DocumentVerdict, SuspiciousPassage
 
@@ -131,13 +131,15 @@ def screen_documents(
     texts: Sequence[str],
     cache: VerdictCache | None,
     hashes: Sequence[str] | None = None,
+    vectors: KnownVectors | None = None,
 ) -> list[DocumentVerdict]:
     """One verdict per text: cached ones reused, the rest inspected in one batch and saved.
-    `hashes`, when the caller has them, are the texts' `content_hash`es."""
+    `hashes`, when the caller has them, are the texts' `content_hash`es; `vectors`, passage
+    vectors already made (InjectionGuard.inspect_documents)."""
     hashes = [content_hash(text) for text in texts] if hashes is None else hashes
     known = cache.get_many(hashes, guard.document_key) if cache else {}
     todo = {h: text for h, text in zip(hashes, texts, strict=True) if h not in known}
-    fresh = dict(zip(todo, guard.inspect_documents(list(todo.values())), strict=True))
+    fresh = dict(zip(todo, guard.inspect_documents(list(todo.values()), vectors), strict=True))
     if cache:
         cache.put_many(list(fresh.items()), guard.document_key)
     verdicts = {**known, **fresh}

@@ -7,8 +7,11 @@ The attack texts here are new wording, in neither the exemplars nor the dev spli
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +22,10 @@ from freshkb.core.config import Settings
 from freshkb.core.records import Chunk, SourceKind
 from freshkb.embeddings.embedder import BUNDLED_MODEL_ID, Embedder, select_embedder
 from freshkb.embeddings.onnx_backend import INT8_SUFFIX
-from freshkb.flows.tasks import screen_task
+from freshkb.embeddings.passages import chunk_passages
+from freshkb.flows.tasks import embed_task, embedder_for, screen_task
 from freshkb.screening import InjectionGuard, build_guard
+from freshkb.screening.detector import ExemplarDetector
 from freshkb.screening.fitted import (
     DOCUMENT_FILE,
     QUESTION_FILE,
@@ -180,3 +185,61 @@ def test_screen_task_flags_injected_chunks_and_fills_the_verdict_cache(onnx_cach
     embedder: Embedder = detector_embedder(onnx_cache)
     assert embedder.model_id == BUNDLED_MODEL_ID + INT8_SUFFIX
     assert fit_key(embedder.model_id) == fit_key(BUNDLED_MODEL_ID)
+
+
+def decisions(verdicts: Sequence[Any]) -> list[tuple[bool, float, list[str]]]:
+    """What a verdict decides (its score to 3 places: a batch of other texts may move the
+    model's last digits)."""
+    return [(v.flagged, round(v.score, 3), [p.text for p in v.passages]) for v in verdicts]
+
+
+@pytest.mark.timeout(120)
+def test_passages_with_known_vectors_are_judged_without_embedding_them_again(
+    counting: CountingEmbedder, guard: InjectionGuard
+):
+    expected = guard.inspect_documents(TEXTS)
+    passages = sorted({p for text in TEXTS for p in chunk_passages(text)})
+    made = dict(zip(passages, counting.inner.embed(passages), strict=True))
+    asked: list[str] = []
+
+    def known(texts: Sequence[str], model_id: str) -> dict[str, Any]:
+        asked.append(model_id)
+        return {t: made[t] for t in texts if t in made} if model_id == counting.model_id else {}
+
+    before = counting.embedded
+    assert decisions(guard.inspect_documents(TEXTS, known)) == decisions(expected)
+    assert counting.embedded == before and asked == [counting.model_id]
+    elsewhere: Any = SimpleNamespace(model_id="another-model", embed=counting.embed)
+    other = InjectionGuard(
+        guard.questions,
+        ExemplarDetector(elsewhere, guard.documents.parameters),
+        guard.rules,
+    )
+    assert [v.flagged for v in other.inspect_documents(TEXTS, known)] == [True, False, False]
+    assert counting.embedded > before  # another model's vectors are never taken
+
+
+@pytest.mark.timeout(300)
+def test_the_ingest_screen_reads_the_passages_the_embed_stage_made(
+    onnx_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Fresh caches (the ONNX export reused), the index on the detector's model in int8 as a
+    # first index on a CPU is.
+    settings = Settings(
+        cache_dir=onnx_cache,
+        data_dir=tmp_path,
+        cache_url=f"sqlite:///{tmp_path / 'caches.sqlite3'}",
+        embedding_backend="onnx-int8",
+    )
+    texts = TEXTS[:2]  # an empty verdict cache: screened afresh
+    chunks = [_chunk(text, n) for n, text in enumerate(texts)]
+    detector = detector_embedder(onnx_cache)
+    assert embedder_for(settings).model_id == detector.model_id
+    _, stats = embed_task.fn(settings, chunks)
+    assert stats.passages > 0
+    screened_texts: list[str] = []
+    real_embed = detector.embed
+    monkeypatch.setattr(detector, "embed", lambda t: screened_texts.extend(t) or real_embed(t))
+    screened = screen_task.fn(settings, chunks)
+    assert [bool(c.injection_reason) for c in screened] == [True, False]
+    assert screened_texts == []  # every passage judged from the embed stage's vectors
