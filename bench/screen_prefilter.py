@@ -84,12 +84,12 @@ def main() -> int:
     os.environ["FRESHKB_CACHE_DIR"] = str(work / "cache")
 
     from freshkb.core.ids import text_half
+    from freshkb.core.text import word_count
     from freshkb.screening import InjectionGuard
     from freshkb.screening.detector import ExemplarDetector
     from freshkb.screening.exemplars import document_exemplars
     from freshkb.screening.guard import MIN_DOCUMENT_DETECTOR_WORDS, _document_passages, load_guard
     from freshkb.screening.prefilter import PENALTY, Prefilter
-    from freshkb.screening.text import word_count
 
     by_category = json.loads((folder / "indirect_injection_attacks.json").read_text())
     attacks = [attack for items in by_category.values() for attack in items]

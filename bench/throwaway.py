@@ -21,6 +21,9 @@ def use_throwaway_environment(work: Path, config: Path | None = None) -> None:
             "HF_HUB_OFFLINE": "1",
             "PREFECT_HOME": str(work / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # a new Prefect home's database is created at the ephemeral server's first start:
+            # past Prefect's 20 s on a busy 2-core machine (flows run in-process then fail)
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         }
     )
     if config is not None:

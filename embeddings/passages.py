@@ -9,9 +9,9 @@ from 83.2% to 88.1% (half A 92.3 -> 94.2, half B 73.5 -> 81.6) with hit@1 61.4 -
 bench/results/passage-rerank-2026-12-08.md.
 
 A chunk's passage vectors travel as one base64 string of float16 rows, each of unit length
-(~5 KB for a chunk of six passages): stored with its Weaviate object, read back with the
-candidates of a search. A chunk with no passage of five words stands for itself: its one row
-is the chunk's own vector.
+(~5 KB for a chunk of six passages): stored with its Weaviate object, read back for the
+candidates of a search (and kept a while: store/recent.py). A chunk with no passage of five
+words stands for itself: its one row is the chunk's own vector.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from freshkb.core.records import Chunk
+from freshkb.core.text import normalise, split_passages, word_count
 from freshkb.embeddings.cache import VectorCache
 from freshkb.embeddings.embedder import Embedder
-from freshkb.screening.text import normalise, split_passages, word_count
 
 MIN_PASSAGE_WORDS = 5
 # A chunk is a few sentences; a table flattened into one run of words yields windows instead.
@@ -65,14 +65,15 @@ def decode_rows(blob: str, dimension: int) -> np.ndarray | None:
     return raw.reshape(-1, dimension).astype(np.float32)
 
 
-def best_similarity(query: Sequence[float], blob: str) -> float | None:
-    """The highest cosine of the query with one of a chunk's passages; None without passages."""
-    rows = decode_rows(blob, len(query))
-    if rows is None:
+def best_similarity(query: Sequence[float], rows: Sequence[float] | None) -> float | None:
+    """The highest cosine of the query with one of a chunk's passages, given their rows (of
+    unit length) one after the other; None without rows, or rows of another dimension."""
+    if rows is None or not len(rows) or len(rows) % len(query):
         return None
+    matrix = np.asarray(rows, dtype=np.float32).reshape(-1, len(query))
     q = np.asarray(query, dtype=np.float32)
     norm = float(np.linalg.norm(q))
-    return float(np.max(rows @ q)) / norm if norm else None
+    return float(np.max(matrix @ q)) / norm if norm else None
 
 
 def cached_vectors(cache: VectorCache) -> Callable[[Sequence[str], str], dict[str, list[float]]]:

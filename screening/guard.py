@@ -21,18 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from freshkb.core.errors import ConfigError
-from freshkb.embeddings.embedder import Embedder, select_embedder
-from freshkb.screening.detector import DOCUMENT_THRESHOLD, ExemplarDetector
-from freshkb.screening.fitted import fit_key, load_or_fit
-from freshkb.screening.prefilter import Prefilter, load_prefilter
-from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules, rules_digest
-from freshkb.screening.text import (
+from freshkb.core.text import (
     READING_VERSION,
     decoded_payloads,
     normalise,
     split_passages,
     word_count,
 )
+from freshkb.embeddings.embedder import Embedder, select_embedder
+from freshkb.screening.detector import DOCUMENT_THRESHOLD, ExemplarDetector
+from freshkb.screening.fitted import fit_key, load_or_fit
+from freshkb.screening.prefilter import Prefilter, load_prefilter
+from freshkb.screening.rules import RuleBook, RuleMatch, load_rules, match_rules, rules_digest
 from freshkb.screening.verdicts import DocumentVerdict, QuestionVerdict, SuspiciousPassage
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from freshkb.core.errors import ConfigError
-from freshkb.screening.text import normalise, without_list_markers
+from freshkb.core.text import normalise, without_list_markers
 
 OUTPUT_RULES_FILE = "data/output.yaml"
 Action = Literal["quote", "escalate"]

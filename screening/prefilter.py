@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from freshkb.core.text import word_windows
 from freshkb.screening.detector import fit_logistic
 from freshkb.screening.exemplars import document_exemplars, exemplars_digest
 from freshkb.screening.fitted import key_of, package_file, read_keyed, ship_arrays
-from freshkb.screening.text import word_windows
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from importlib.resources import files
 from string import Template
 
 from freshkb.core.errors import ConfigError
-from freshkb.screening.text import normalise
+from freshkb.core.text import normalise
 
 PROMPT_VERSION = "answer-v1"
 DATA_BLOCK_TAG = "retrieved_data"

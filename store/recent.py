@@ -1,7 +1,8 @@
-"""What the search path read from Weaviate moments ago and reads again: documents' names and
-chunks' vectors. Each read saved is a query saved (a query is most of a search's cost), and
-neither cache can serve what a later write changed for long: names expire, and a vector is
-keyed by what it is a function of (the chunk's embedded text and the model)."""
+"""What the search path read from Weaviate moments ago and reads again: documents' names,
+chunks' vectors and their passages' vectors. Each read saved is a query saved (a query is most
+of a search's cost), and no cache can serve what a later write changed for long: names expire,
+and vectors are keyed by what they are a function of (the chunk's embedded text and the
+model)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,5 @@ class RecentReads:
 
     names: RecentNames = field(default_factory=RecentNames)
     vectors: RecentVectors = field(default_factory=RecentVectors)
+    # chunks' passage rows (embeddings/passages.py), flat: ~6 rows of 1.5 KB per chunk
+    passages: RecentVectors = field(default_factory=lambda: RecentVectors(size=2048))

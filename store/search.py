@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,7 +17,7 @@ from weaviate.exceptions import WeaviateBaseError
 from freshkb.core import document_names
 from freshkb.core.errors import TransientError
 from freshkb.core.records import SourceKind
-from freshkb.embeddings.passages import best_similarity
+from freshkb.embeddings.passages import best_similarity, decode_rows
 from freshkb.store.collections import LiveCollections
 from freshkb.store.protocol import SearchHit
 from freshkb.store.recent import RecentNames, RecentReads, RecentVectors
@@ -43,7 +44,6 @@ _RETURNED = (
     "injection_reason",
     "chunk_hash",  # with model_id, the key of the chunk's vector in RecentVectors
     "model_id",
-    "passage_vectors",  # the order of the candidates (by_passages), never a hit's
 )
 
 Candidate = tuple[Object, SourceKind]
@@ -76,7 +76,7 @@ def search(
     if sources is not None and not sources:
         return []
     source_filter = _source_filter(sources)
-    recent = recent or RecentReads(RecentNames(), RecentVectors(size=0))
+    recent = recent or RecentReads(RecentNames(), RecentVectors(size=0), RecentVectors(size=0))
     found: list[Candidate] = []
     # resolving the alias is a call too: Weaviate down fails there, as a TransientError
     with _transient(live, "search"):
@@ -95,7 +95,9 @@ def search(
             )
             found += [(obj, kind) for obj in response.objects]
         found.sort(key=lambda candidate: _score(candidate[0]), reverse=True)
-        pages = by_passages(vector, best_per_page(found))
+        pages = best_per_page(found)
+        rows = _passage_rows(dict(targets), pages, len(vector), recent.passages)
+        pages = by_passages(vector, pages, rows)
         kept = named_first(query, pages, dict(targets), recent.names)[:k]
         # Vectors only for the hits kept: most of a query's cost is reading vectors.
         vectors = _vectors(dict(targets), kept, recent.vectors)
@@ -211,6 +213,34 @@ def _vectors(
     return vectors
 
 
+def _passage_rows(
+    collections: dict[SourceKind, Collection],
+    found: Sequence[Candidate],
+    dimension: int,
+    recent: RecentVectors,
+) -> dict[str, Sequence[float] | None]:
+    """Each candidate's passage rows, flat, by UUID: from `recent` when it holds the chunk's
+    (content, model), else one fetch per collection for the others (None: it has none)."""
+    keys = {str(obj.uuid): _vector_key(obj) for obj, _ in found}
+    rows: dict[str, Sequence[float] | None] = dict(recent.get_many(keys))
+    for kind, collection in collections.items():
+        ids = [obj.uuid for obj, of in found if of is kind and str(obj.uuid) not in rows]
+        if not ids:
+            continue
+        response = collection.query.fetch_objects(
+            filters=Filter.by_id().contains_any(ids),
+            limit=len(ids),
+            return_properties=["passage_vectors", "chunk_hash", "model_id"],
+        )
+        for o in response.objects:
+            decoded = decode_rows(str(o.properties.get("passage_vectors") or ""), dimension)
+            flat = None if decoded is None else array("f", decoded.ravel().tobytes())
+            rows[str(o.uuid)] = flat
+            if flat is not None:  # one without is not kept: a rewrite may give it some
+                recent.add({_vector_key(o): flat})
+    return rows
+
+
 def _flat(vector: object) -> list[float] | None:
     """A single vector as stored, or None (missing, or not one flat vector)."""
     if isinstance(vector, list) and vector and isinstance(vector[0], float):
@@ -239,17 +269,19 @@ def best_per_page(found: Sequence[Candidate]) -> list[Candidate]:
     return kept
 
 
-def by_passages(query_vector: Sequence[float], found: Sequence[Candidate]) -> list[Candidate]:
+def by_passages(
+    query_vector: Sequence[float],
+    found: Sequence[Candidate],
+    rows: Mapping[str, Sequence[float] | None],
+) -> list[Candidate]:
     """`found` ordered by fused score plus the highest cosine of one of a candidate's passages
-    with the query (embeddings/passages.py): a page one sentence of which answers the question
+    with the query (embeddings/passages.py; `rows`, by UUID): a page one sentence of which
+    answers the question
     goes before a page that is about its topic throughout. Scores in [0, 1] and cosines are
     added as they are: no weight to tune. When a candidate has no passage vectors (an object
     written by an older freshkb, until its document is embedded again), `found` stays as it is:
     a sum over some candidates only would rank by which were rewritten."""
-    best = [
-        best_similarity(query_vector, str(obj.properties.get("passage_vectors") or ""))
-        for obj, _ in found
-    ]
+    best = [best_similarity(query_vector, rows.get(str(obj.uuid))) for obj, _ in found]
     if any(similarity is None for similarity in best):
         return list(found)
     sums = [

@@ -71,9 +71,11 @@ def test_rows_travel_as_unit_float16_and_anything_else_reads_as_none() -> None:
     assert decode_rows(blob, 3) is None  # 8 numbers are not rows of 3
     assert decode_rows("", DIM) is None
     assert decode_rows("not base64!", DIM) is None
-    assert best_similarity([2.0, 0.0, 0.0, 0.0], blob) == pytest.approx(0.6, abs=1e-3)
-    assert best_similarity([0.0, 0.0, 0.0, 5.0], blob) == pytest.approx(1.0, abs=1e-3)
-    assert best_similarity(QUERY, "") is None
+    flat = list(rows.ravel())
+    assert best_similarity([2.0, 0.0, 0.0, 0.0], flat) == pytest.approx(0.6, abs=1e-3)
+    assert best_similarity([0.0, 0.0, 0.0, 5.0], flat) == pytest.approx(1.0, abs=1e-3)
+    assert best_similarity(QUERY, None) is None
+    assert best_similarity(QUERY, flat[:6]) is None  # not whole rows of this dimension
 
 
 @pytest.mark.timeout(10)
@@ -96,28 +98,33 @@ def test_each_distinct_passage_is_embedded_once_then_comes_from_the_cache(tmp_pa
     assert count == 0 and len(embedder.asked) == 3 and again == rows
 
 
-def _candidate(uuid: str, score: float, passages: str | None) -> tuple[Any, SourceKind]:
-    props = {} if passages is None else {"passage_vectors": passages}
-    obj = SimpleNamespace(uuid=uuid, properties=props, metadata=SimpleNamespace(score=score))
+def _candidate(uuid: str, score: float) -> tuple[Any, SourceKind]:
+    obj = SimpleNamespace(uuid=uuid, properties={}, metadata=SimpleNamespace(score=score))
     return obj, SourceKind.DOCUMENTS
 
 
 @pytest.mark.timeout(10)
 def test_pages_are_ordered_by_score_plus_their_best_passage_unless_one_has_none() -> None:
-    about = _candidate("about", 1.0, encode_rows([[0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.7, 0.0]]))
-    answers = _candidate("answers", 0.6, encode_rows([[0.0, 1.0, 0.0, 0.0], QUERY]))
+    about, answers, old = (
+        _candidate("about", 1.0),
+        _candidate("answers", 0.6),
+        _candidate("old", 0.1),
+    )
+    rows: dict[str, Any] = {
+        "about": [0.0, 1.0, 0.0, 0.0, 0.5, 0.5, 0.7, 0.0],
+        "answers": [0.0, 1.0, 0.0, 0.0, *QUERY],
+    }
     # 1.0 + 0.5 against 0.6 + 1.0: the page one sentence of which answers goes first
-    assert [o.uuid for o, _ in by_passages(QUERY, [about, answers])] == ["answers", "about"]
-    old = _candidate("old", 0.1, None)
-    assert [o.uuid for o, _ in by_passages(QUERY, [about, answers, old])] == [
-        "about",
-        "answers",
-        "old",
-    ]
+    assert [o.uuid for o, _ in by_passages(QUERY, [about, answers], rows)] == ["answers", "about"]
+    ordered = by_passages(QUERY, [about, answers, old], rows | {"old": None})
+    assert [o.uuid for o, _ in ordered] == ["about", "answers", "old"]
 
 
 def _page(key: str, vector: list[float], passages: list[list[float]] | None) -> EmbeddedChunk:
-    item = embedded(key, ["refund window rules for returns"])[0]
+    # the same words in another order: the same BM25 score, another chunk (hash)
+    words = "refund window rules for returns".split()
+    text = " ".join(words if key.startswith("about") else reversed(words))
+    item = embedded(key, [text])[0]
     blob = encode_rows(passages) if passages is not None else ""
     return EmbeddedChunk(replace(item.chunk, page=1), tuple(vector), blob)
 
@@ -133,6 +140,10 @@ def test_search_puts_the_page_whose_passage_answers_first_on_weaviate(store: Any
     hits = store.search("refund window", QUERY, k=2)
     assert [h.document_key for h in hits] == ["answers.pdf", "about.pdf"]
     assert hits[1].relevance == pytest.approx(0.8)  # relevance is still the chunk's cosine
+    # read once: the next search takes the rows from the store's recent reads
+    assert len(store._recent.passages._kept) == 2
+    again = store.search("refund window", QUERY, k=2)
+    assert [h.document_key for h in again] == ["answers.pdf", "about.pdf"]
 
 
 @pytest.mark.integration

@@ -179,7 +179,7 @@ def test_instruction_glued_to_the_text_before_it_is_flagged(guard: InjectionGuar
 
 
 def test_the_rest_of_a_sentence_from_a_glued_word_is_a_passage_too():
-    from freshkb.screening.text import split_passages
+    from freshkb.core.text import split_passages
 
     assert split_passages("sent fromPlease call us today.") == [
         "sent fromPlease call us today.",

@@ -1,4 +1,5 @@
-"""How the screen reads text: folded to one form, decoded where encoded, cut into passages."""
+"""How text is read: folded to one form, decoded where encoded, cut into passages (the unit the
+injection screen judges and search's passage vectors are made of)."""
 
 from __future__ import annotations
 
