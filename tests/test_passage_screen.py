@@ -35,7 +35,7 @@ class CountingGuard:
         self.inspected: list[str] = []
         self.document_key = document_key
 
-    def inspect_documents(self, texts: list[str]) -> list[DocumentVerdict]:
+    def inspect_documents(self, texts: list[str], known: Any = None) -> list[DocumentVerdict]:
         self.inspected += texts
         return [flagged(text) if "obey" in text else CLEAN for text in texts]
 
