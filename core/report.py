@@ -65,6 +65,7 @@ class RunReport:
     chunks_flagged: int = 0  # carry instructions aimed at an AI; kept out of answers
     embeddings_computed: int = 0
     embeddings_cached: int = 0
+    passages_embedded: int = 0  # chunks' sentences embedded for search (embeddings/passages.py)
     objects_written: int = 0
     objects_deleted: int = 0
     objects_failed: list[ObjectFailure] = field(default_factory=list)
@@ -139,7 +140,7 @@ class RunReport:
             (
                 "chunks embedded",
                 f"{self.chunks_embedded} ({self.embeddings_computed} computed, "
-                f"{self.embeddings_cached} from cache)",
+                f"{self.embeddings_cached} from cache; {self.passages_embedded} passages)",
             ),
             ("objects written / deleted", f"{self.objects_written} / {self.objects_deleted}"),
             ("objects live after the run", "-" if self.objects_live is None else self.objects_live),

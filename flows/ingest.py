@@ -208,6 +208,7 @@ class BatchOutcome:
     flagged: int = 0
     computed: int = 0
     cached: int = 0
+    passages: int = 0
     written: int = 0
     trimmed: int = 0
     failed: list[ObjectFailure] = field(default_factory=list)
@@ -331,6 +332,7 @@ def write_batch_task(
     embedded = [replace(e, chunk=c) for e, c in zip(embedded, screened, strict=True)]
     outcome.flagged = sum(1 for chunk in screened if chunk.injection_reason)
     outcome.computed, outcome.cached = stats.computed, stats.cached
+    outcome.passages = stats.passages
     outcome.embedded = len(embedded)
     outcome.chunk_counts = {item.chunk.document_id: item.chunk.chunk_count for item in embedded}
     with timed(timings, "write"):
@@ -356,6 +358,7 @@ def _count_batch(report: RunReport, outcome: BatchOutcome) -> None:
     report.chunks_flagged += outcome.flagged
     report.embeddings_computed += outcome.computed
     report.embeddings_cached += outcome.cached
+    report.passages_embedded += outcome.passages
     report.objects_written += outcome.written
     report.objects_deleted += outcome.trimmed
     report.objects_failed.extend(outcome.failed)

@@ -61,6 +61,7 @@ def counts(report: RunReport) -> dict[str, Any]:
     """
     data = {k: v for k, v in report.to_dict().items() if k not in REPORT_RUN_FIELDS}
     data["embeddings"] = data.pop("embeddings_computed") + data.pop("embeddings_cached")
+    data.pop("passages_embedded")  # computed by the first run only, the rest from the cache
     data["validation"].pop("results_file")  # named after the run
     return data
 

@@ -288,9 +288,9 @@ def test_second_ingest_from_a_fresh_data_dir_takes_every_vector_and_verdict_from
     screened: list[int] = []  # texts the injection detector inspected, per call
     inspect = InjectionGuard.inspect_documents
 
-    def counted(guard: InjectionGuard, texts: Any) -> list[DocumentVerdict]:
+    def counted(guard: InjectionGuard, texts: Any, known: Any = None) -> list[DocumentVerdict]:
         screened.append(len(texts))
-        return inspect(guard, texts)
+        return inspect(guard, texts, known)
 
     monkeypatch.setattr(InjectionGuard, "inspect_documents", counted)
 
@@ -301,7 +301,9 @@ def test_second_ingest_from_a_fresh_data_dir_takes_every_vector_and_verdict_from
     first_screened = sum(screened)
     assert first_screened > 0
     # Every vector and verdict went to PostgreSQL (a fallback to SQLite would leave it empty).
-    assert _scalar(postgres_database, "SELECT count(*) FROM vectors") == first.embeddings_computed
+    vectors = first.embeddings_computed + first.passages_embedded  # chunks' and passages'
+    assert first.passages_embedded > 0
+    assert _scalar(postgres_database, "SELECT count(*) FROM vectors") == vectors
     assert _scalar(postgres_database, "SELECT count(*) FROM document_verdicts") == first_screened
 
     # Another worker: its own empty data directory, and an index without the source's objects.
@@ -314,6 +316,7 @@ def test_second_ingest_from_a_fresh_data_dir_takes_every_vector_and_verdict_from
     assert second.chunks_embedded == first.chunks_embedded > 0
     assert second.embeddings_computed == 0
     assert second.embeddings_cached == second.chunks_embedded
+    assert second.passages_embedded == 0  # the passages too
     assert sum(screened) == 0, "every verdict comes from the shared cache"
     for worker in ("worker-1", "worker-2"):
         assert not (tmp_path / worker / "embedding-cache.sqlite3").exists()

@@ -68,8 +68,8 @@ def _report_table(report: RunReport) -> Table:
     )
     table.add_row(
         "chunks embedded",
-        f"{report.chunks_embedded} ({report.embeddings_computed} "
-        f"computed, {report.embeddings_cached} from cache)",
+        f"{report.chunks_embedded} ({report.embeddings_computed} computed, "
+        f"{report.embeddings_cached} from cache; {report.passages_embedded} passages)",
     )
     table.add_row("objects", f"{report.objects_written} written, {report.objects_deleted} deleted")
     if report.objects_live is not None:
