@@ -5,10 +5,9 @@ documents: chunk -> embed -> screen -> upsert; then delete -> verify. Nothing is
 the gate passes for the whole plan, and only a run that passes the gate and the post-write count
 check moves the source's last successful sync in the freshness ledger. The batches run as one
 task each, submitted to the task runner the settings choose (threads, or a Dask cluster), at
-most `ingest_parallel_batches` at a time: memory follows the batch size
-(`ingest_batch_documents`) times that window, not the size of the source. Deletes and the
-post-write check wait for every batch. The flow only orchestrates: the stages are tasks in
-flows/tasks.py.
+most `ingest_parallel_batches` at a time: memory follows the batch size (`ingest_batch_documents`)
+times that window, not the size of the source. Deletes and the post-write check wait for every
+batch. The flow only orchestrates: the stages are tasks in flows/tasks.py.
 """
 
 from __future__ import annotations
@@ -318,16 +317,14 @@ def write_batch_task(
     per chunk. A retry (transient errors only) redoes the batch, which writes the same UUIDs.
     """
     outcome = BatchOutcome(batch.number)
-    timings = outcome.stage_seconds
-    settings = run.settings
+    timings, settings = outcome.stage_seconds, run.settings
     with timed(timings, "chunk"):
         chunks = run_inline(chunk_task, batch.documents, policy)
     with timed(timings, "embed"):
         embedded, stats = (
             run_inline(embed_task, settings, chunks) if chunks else ([], EmbedStats(0, 0))
         )
-    # Screened after embedding: the screen judges the passages from the vectors just made.
-    with timed(timings, "screen"):
+    with timed(timings, "screen"):  # after embedding: passages judged from their vectors
         screened = run_inline(screen_task, settings, chunks) if chunks else []
     embedded = [replace(e, chunk=c) for e, c in zip(embedded, screened, strict=True)]
     outcome.flagged = sum(1 for chunk in screened if chunk.injection_reason)
