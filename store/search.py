@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -191,26 +191,12 @@ def _vectors(
     kept: Sequence[Candidate],
     recent: RecentVectors,
 ) -> dict[str, Sequence[float] | None]:
-    """The stored vector of each kept object, by UUID: from `recent` when it holds the chunk's
-    (content, model), else one fetch per collection for the others."""
-    keys = {str(obj.uuid): _vector_key(obj) for obj, _ in kept}
-    vectors: dict[str, Sequence[float] | None] = dict(recent.get_many(keys))
-    for kind, collection in collections.items():
-        ids = [obj.uuid for obj, of in kept if of is kind and str(obj.uuid) not in vectors]
-        if not ids:
-            continue
-        response = collection.query.fetch_objects(
-            filters=Filter.by_id().contains_any(ids),
-            limit=len(ids),
-            include_vector=True,
-            return_properties=["chunk_hash", "model_id"],  # the key, as of this read
-        )
-        fetched = {
-            str(o.uuid): (_vector_key(o), _flat(o.vector.get("default"))) for o in response.objects
-        }
-        recent.add({key: v for key, v in fetched.values() if v is not None})
-        vectors |= {uuid: v for uuid, (_, v) in fetched.items()}
-    return vectors
+    """The stored vector of each kept object, by UUID (see `_recent_or_read`)."""
+
+    def vector(obj: Object) -> Sequence[float] | None:
+        return _flat(obj.vector.get("default"))
+
+    return _recent_or_read(collections, kept, recent, vector, include_vector=True)
 
 
 def _passage_rows(
@@ -219,26 +205,42 @@ def _passage_rows(
     dimension: int,
     recent: RecentVectors,
 ) -> dict[str, Sequence[float] | None]:
-    """Each candidate's passage rows, flat, by UUID: from `recent` when it holds the chunk's
-    (content, model), else one fetch per collection for the others (None: it has none)."""
+    """Each candidate's passage rows, flat, by UUID (see `_recent_or_read`; None: it has none)."""
+
+    def rows(obj: Object) -> Sequence[float] | None:
+        decoded = decode_rows(str(obj.properties.get("passage_vectors") or ""), dimension)
+        return None if decoded is None else array("f", decoded.ravel().tobytes())
+
+    return _recent_or_read(collections, found, recent, rows, properties=["passage_vectors"])
+
+
+def _recent_or_read(
+    collections: dict[SourceKind, Collection],
+    found: Sequence[Candidate],
+    recent: RecentVectors,
+    read: Callable[[Object], Sequence[float] | None],
+    include_vector: bool = False,
+    properties: Sequence[str] = (),
+) -> dict[str, Sequence[float] | None]:
+    """What `read` takes from each object, by UUID: from `recent` when it holds the chunk's
+    (content, model), else one fetch per collection for the others. What is read is kept in
+    `recent`, except None (an object without it may get it on a rewrite)."""
     keys = {str(obj.uuid): _vector_key(obj) for obj, _ in found}
-    rows: dict[str, Sequence[float] | None] = dict(recent.get_many(keys))
+    values: dict[str, Sequence[float] | None] = dict(recent.get_many(keys))
     for kind, collection in collections.items():
-        ids = [obj.uuid for obj, of in found if of is kind and str(obj.uuid) not in rows]
+        ids = [obj.uuid for obj, of in found if of is kind and str(obj.uuid) not in values]
         if not ids:
             continue
         response = collection.query.fetch_objects(
             filters=Filter.by_id().contains_any(ids),
             limit=len(ids),
-            return_properties=["passage_vectors", "chunk_hash", "model_id"],
+            include_vector=include_vector,
+            return_properties=[*properties, "chunk_hash", "model_id"],  # the key, as of this read
         )
-        for o in response.objects:
-            decoded = decode_rows(str(o.properties.get("passage_vectors") or ""), dimension)
-            flat = None if decoded is None else array("f", decoded.ravel().tobytes())
-            rows[str(o.uuid)] = flat
-            if flat is not None:  # one without is not kept: a rewrite may give it some
-                recent.add({_vector_key(o): flat})
-    return rows
+        fetched = {str(o.uuid): (_vector_key(o), read(o)) for o in response.objects}
+        recent.add({key: v for key, v in fetched.values() if v is not None})
+        values |= {uuid: v for uuid, (_, v) in fetched.items()}
+    return values
 
 
 def _flat(vector: object) -> list[float] | None:
