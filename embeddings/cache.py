@@ -9,7 +9,7 @@ never return another model's vector.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from freshkb.core.config import Settings
 from freshkb.core.keyed_blobs import KeyedBlobs
 from freshkb.core.sql import sqlite_url
+from freshkb.embeddings.embedder import Embedder
 
 metadata = sa.MetaData()
 
@@ -69,3 +70,27 @@ class VectorCache:
 def open_vector_cache(settings: Settings) -> VectorCache:
     """The vector cache the settings name: `cache_url`, else the SQLite file in the data dir."""
     return VectorCache(settings.cache_url or settings.embedding_cache_path)
+
+
+def embed_through(
+    pending: Sequence[tuple[str, str]],
+    embedder: Embedder,
+    cache: VectorCache | None,
+    size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Vectors of (key, text) pairs, embedded `size` texts per call, each slice cached at once
+    (a crash loses little work) and counted on the progress bar."""
+    fresh: dict[str, list[float]] = {}
+    if progress:
+        progress(0, len(pending))
+    for start in range(0, len(pending), size):
+        part = pending[start : start + size]
+        vectors = embedder.embed([text for _, text in part])
+        computed = [(key, list(v)) for (key, _), v in zip(part, vectors, strict=True)]
+        fresh.update(computed)
+        if cache:
+            cache.put_many(computed, embedder.model_id)
+        if progress:
+            progress(start + len(part), len(pending))
+    return fresh

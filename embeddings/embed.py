@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from freshkb.core.records import Chunk, EmbeddedChunk
-from freshkb.embeddings.cache import VectorCache
+from freshkb.embeddings.cache import VectorCache, embed_through
 from freshkb.embeddings.chunking import embedding_text
 from freshkb.embeddings.embedder import Embedder
 from freshkb.embeddings.passages import embed_passages
@@ -42,18 +42,7 @@ def embed_chunks(
                 chunk.chunk_hash, embedding_text(chunk.title, chunk.section_title, chunk.text)
             )
     pending = list(todo.items())
-    fresh: dict[str, list[float]] = {}
-    if progress:
-        progress(0, len(pending))
-    for start in range(0, len(pending), SLICE):
-        part = pending[start : start + SLICE]
-        vectors = embedder.embed([text for _, text in part])
-        computed = list(zip((h for h, _ in part), vectors, strict=True))
-        fresh.update(computed)
-        if cache:
-            cache.put_many(computed, embedder.model_id)
-        if progress:
-            progress(start + len(part), len(pending))
+    fresh = embed_through(pending, embedder, cache, SLICE, progress)
     vectors_by_hash = {**cached, **fresh}
     # the bar goes on over the passages: its total grows by their number
     after_chunks = None if progress is None else _offset(progress, len(pending))

@@ -24,7 +24,7 @@ import numpy as np
 
 from freshkb.core.records import Chunk
 from freshkb.core.text import normalise, split_passages, word_count
-from freshkb.embeddings.cache import VectorCache
+from freshkb.embeddings.cache import VectorCache, embed_through
 from freshkb.embeddings.embedder import Embedder
 
 MIN_PASSAGE_WORDS = 5
@@ -102,17 +102,8 @@ def embed_passages(
     passages = {c.chunk_hash: chunk_passages(c.text) for c in chunks}
     keys = {p: passage_key(p) for group in passages.values() for p in group}
     found = cache.get_many(keys.values(), embedder.model_id) if cache else {}
-    todo = [p for p, key in keys.items() if key not in found]
-    if progress:
-        progress(0, len(todo))
-    for start in range(0, len(todo), SLICE):
-        part = todo[start : start + SLICE]
-        computed = [(keys[p], list(v)) for p, v in zip(part, embedder.embed(part), strict=True)]
-        found |= dict(computed)
-        if cache:
-            cache.put_many(computed, embedder.model_id)
-        if progress:
-            progress(start + len(part), len(todo))
+    todo = [(key, p) for p, key in keys.items() if key not in found]
+    found |= embed_through(todo, embedder, cache, SLICE, progress)
     rows = {
         chunk_hash: encode_rows([found[keys[p]] for p in group] or [vectors[chunk_hash]])
         for chunk_hash, group in passages.items()
